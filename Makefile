@@ -12,6 +12,8 @@ PYTEST_ARGS ?=
 help: ## List the targets with a one-line description each.
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort -u | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+	@printf "  \033[36m%-22s\033[0m %s\n" "reproduce-<row>" "One paper row: $(REPRO_ROWS)"
+	@echo "  Knobs: GPUS=N DATA_DIR=... MODEL_DIR=... PRECISION=... LOGGER=csv|tensorboard|wandb SMOKE=1"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,3 +44,45 @@ format: $(STAMP) ## Format with ruff.
 clean: ## Remove caches and run outputs (keeps .venv).
 	rm -rf .pytest_cache .ruff_cache runs lightning_logs results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# ---------------------------------------------------------------------------------------------------------
+# The embedded offline default and benchmarks
+.PHONY: demo
+demo: $(STAMP) ## Train a routing head over all hidden states of MiniLM on BBC News (offline, CPU, < 10 min).
+	$(PY) -m heinsen_zoo.demo
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmark the fused routing path against the plain one (time, peak memory, GFLOP/s).
+	$(PY) reproduce/benchmarks/bench_routing.py $(BENCH_ARGS)
+
+# ---------------------------------------------------------------------------------------------------------
+# Reproductions of the papers' published numbers (reproduce/expected.yaml). Knobs:
+#   GPUS=N (DDP, same effective batch)  DATA_DIR=data  MODEL_DIR=<local weights>  PRECISION=32-true
+#   LOGGER=csv|tensorboard|wandb  SMOKE=1 (tiny stand-ins on CPU: checks the chain, reproduces nothing)
+GPUS ?= 1
+DATA_DIR ?= data
+MODEL_DIR ?=
+PRECISION ?=
+LOGGER ?= csv
+SMOKE ?=
+RESULTS_DIR ?= results
+REPRO := $(PY) -m heinsen_zoo.reproduction.runner --gpus $(GPUS) --data-dir $(DATA_DIR) --logger $(LOGGER) \
+	--results-dir $(RESULTS_DIR) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(if $(PRECISION),--precision $(PRECISION)) \
+	$(if $(SMOKE),--smoke)
+
+.PHONY: reproduce-vision reproduce-text reproduce-2019
+reproduce-vision: $(STAMP) ## Reproduce ImageNet-1k, CIFAR-10, CIFAR-100 (2022) and report.
+	$(REPRO) --group vision
+reproduce-text: $(STAMP) ## Reproduce IMDB, SST-5, then SST-2 from the SST-5 head (2022) and report.
+	$(REPRO) --group text
+reproduce-2019: $(STAMP) ## Reproduce smallNORB, SST-5, SST-2 (2019 capsules) and report.
+	$(REPRO) --group 2019
+
+REPRO_ROWS := imagenet1k cifar10 cifar100 imdb sst5 sst2 smallnorb2019 sst5_2019 sst2_2019
+.PHONY: $(addprefix reproduce-,$(REPRO_ROWS))
+$(addprefix reproduce-,$(REPRO_ROWS)): reproduce-%: $(STAMP) ## One paper row (e.g. make reproduce-cifar10).
+	$(REPRO) --rows $*
+
+.PHONY: report
+report: $(STAMP) ## Render the reproduction table from results/ (fails on an out-of-tolerance number).
+	$(PY) -m heinsen_zoo.reproduction.runner --report-only --results-dir $(RESULTS_DIR) $(if $(SMOKE),--smoke)

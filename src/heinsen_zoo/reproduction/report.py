@@ -1,0 +1,123 @@
+"""Results files and the reproduction report.
+
+Each run writes ``results/<row>.json`` (:func:`write_result`); :func:`render_report` turns the results of a
+set of rows into a markdown table next to the published numbers and says whether every row passed.
+Smoke runs (tiny stand-ins on CPU) are marked ``smoke`` and never count as reproductions.
+
+Example:
+    >>> from heinsen_zoo.reproduction.expected import load_expected
+    >>> rows = load_expected()
+    >>> judge(rows["cifar10"], ResultRecord(row="cifar10", value=99.0, wall_s=1.0, gpus=1))
+    'pass'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .expected import ExpectedRow
+
+
+@dataclass
+class ResultRecord:
+    """What one run measured. ``value`` is in percent, like the published numbers."""
+
+    row: str
+    value: float
+    wall_s: float
+    gpus: int
+    smoke: bool = False
+    metric: str = "top1"
+    split: str = "test"
+    device: str = ""
+    command: str = ""
+    checkpoint: str = ""
+    finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ResultRecord:
+        data = json.loads(Path(path).read_text())
+        missing = {"row", "value", "wall_s", "gpus"} - set(data)
+        if missing:
+            raise ValueError(f"{path}: results file lacks {sorted(missing)}")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        record = cls(**known)
+        if not isinstance(record.value, (int, float)) or not math.isfinite(record.value):
+            raise ValueError(f"{path}: value must be a finite number, got {record.value!r}")
+        return record
+
+
+def write_result(record: ResultRecord, results_dir: str | Path) -> Path:
+    """Write ``<results_dir>/<row>.json`` (smoke runs: ``<row>.smoke.json``)."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / (f"{record.row}.smoke.json" if record.smoke else f"{record.row}.json")
+    path.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    return path
+
+
+def judge(expected: ExpectedRow, result: ResultRecord | None) -> str:
+    """``pass``, ``FAIL`` (outside tolerance), ``missing`` (no result) or ``smoke`` (ran, not judged)."""
+    if result is None:
+        return "missing"
+    if result.smoke:
+        return "smoke"
+    return "pass" if abs(result.value - expected.published) <= expected.tolerance + 1e-9 else "FAIL"
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def load_results(results_dir: str | Path, names: list[str], smoke: bool) -> dict[str, ResultRecord | None]:
+    results_dir = Path(results_dir)
+    out: dict[str, ResultRecord | None] = {}
+    for name in names:
+        path = results_dir / (f"{name}.smoke.json" if smoke else f"{name}.json")
+        out[name] = ResultRecord.from_json(path) if path.is_file() else None
+    return out
+
+
+def render_report(
+    rows: dict[str, ExpectedRow], names: list[str], results: dict[str, ResultRecord | None]
+) -> tuple[str, bool]:
+    """Markdown table of the rows ``names``; returns (markdown, all_ok).
+
+    all_ok is False when any row FAILs or is missing; smoke rows are ok when they ran.
+    """
+    lines = [
+        "| row | task | paper | published | ours | difference | tolerance | status | wall time | GPUs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ok = True
+    for name in names:
+        exp = rows[name]
+        res = results.get(name)
+        status = judge(exp, res)
+        ok &= status in ("pass", "smoke")
+        if res is None:
+            ours = diff = wall = gpus = "—"
+        else:
+            ours = f"{res.value:.2f}"
+            diff = f"{res.value - exp.published:+.2f}" if not res.smoke else "(smoke)"
+            wall, gpus = _fmt_time(res.wall_s), str(res.gpus)
+        shown = "**FAIL**" if status == "FAIL" else status
+        lines.append(
+            f"| {name} | {exp.task} | {exp.paper} | {exp.published:.1f} | {ours} | {diff} | "
+            f"±{exp.tolerance:.1f} | {shown} | {wall} | {gpus} |"
+        )
+    if any(r is not None and r.smoke for r in results.values()):
+        lines.append("")
+        lines.append(
+            "_smoke: the whole chain ran on tiny stand-ins (tiny random backbones, generated data in the real "
+            "formats); these numbers are NOT reproductions of the papers._"
+        )
+    return "\n".join(lines) + "\n", ok
