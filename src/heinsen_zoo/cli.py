@@ -17,6 +17,19 @@ Zoo subcommands (plain argparse)::
     heinsen-zoo list [PATTERN] [--pretrained]      # registry names
     heinsen-zoo info NAME                          # one entry: backbone, weights, expected metric
     heinsen-zoo experiments                        # the experiment configs and the command for each
+    heinsen-zoo infer MODEL INPUT... [--top-k 5] [--json] [--explain DIR] [--batch-size 8]
+                      [--device cpu|cuda] [--text]  # predict (MODEL: registry name or export dir)
+    heinsen-zoo convert original|lightning|verify ...  # checkpoints -> export format (heinsen_zoo.zoo.convert)
+    heinsen-zoo export CKPT OUT_DIR                # a Lightning .ckpt -> export dir (config.json + safetensors)
+
+``infer`` inputs: image files or folders (vision models), texts or .txt files (text models; ``--text`` treats
+every INPUT as text), NORB ``*-dat.mat[.gz]`` files or (left, right) pairs of 96x96 grey PNGs (smallNORB).
+``--explain DIR`` writes a credit-assignment PNG per input. Errors print ``error: ...`` and exit with 2.
+
+Fine-tuning from a zoo model (all but the last routing frozen)::
+
+    heinsen-zoo fit --experiment finetune_demo [--model.init_args.init_from NAME_OR_EXPORT_DIR]
+        [--model.init_args.replace_last true --model.init_args.n_classes K]
 
 Example:
     >>> from heinsen_zoo.cli import expand_experiment_args
@@ -237,25 +250,75 @@ def _zoo_parser() -> argparse.ArgumentParser:
     p_info = sub.add_parser("info", help="describe one registered model")
     p_info.add_argument("name")
     sub.add_parser("experiments", help="list experiment configs and their commands")
+    p_infer = sub.add_parser(
+        "infer",
+        help="predict the classes of images, texts or smallNORB pairs",
+        description="Top-k predictions of a zoo model (registry name or export directory) for INPUTs: image files "
+        "or folders, texts or .txt files, NORB *-dat.mat[.gz] files or (left, right) pairs of 96x96 grey PNGs.",
+    )
+    p_infer.add_argument("model", help="registry name (heinsen-zoo list) or export directory")
+    p_infer.add_argument("inputs", nargs="+", metavar="INPUT", help="image/text/NORB files, folders or texts")
+    p_infer.add_argument("--top-k", type=int, default=5, help="classes reported per input (default 5)")
+    p_infer.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_infer.add_argument("--explain", metavar="DIR", default=None, help="write credit-assignment PNGs to DIR")
+    p_infer.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass (default 8)")
+    p_infer.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p_infer.add_argument("--text", action="store_true", help="treat every INPUT as text, even if it names a file")
+    p_convert = sub.add_parser(
+        "convert", help="convert checkpoints into the export format (original | lightning | verify)", add_help=False
+    )
+    p_convert.add_argument("args", nargs=argparse.REMAINDER)
+    p_export = sub.add_parser("export", help="export a Lightning .ckpt of a routing head to OUT_DIR")
+    p_export.add_argument("ckpt", help="a RoutingClassificationTask checkpoint (.ckpt)")
+    p_export.add_argument("out_dir", help="the export directory to write (config.json + model.safetensors)")
     return parser
 
 
 def run_zoo(argv: list[str]) -> int:
-    """The registry/inference subcommands."""
+    """The registry/inference subcommands; errors print ``error: <message>`` to stderr and return 2."""
+    if argv and argv[0] == "convert":  # its own parser (subcommands original | lightning | verify)
+        from heinsen_zoo.zoo import convert
+
+        return 0 if convert.main(argv[1:]) == 0 else 2
     args = _zoo_parser().parse_args(argv)
     if args.command == "experiments":
         for name, title in list_experiments().items():
             print(f"{name:18s} {title}\n{'':18s} heinsen-zoo fit --experiment {name}")
         return 0
     from heinsen_zoo.zoo import registry
+    from heinsen_zoo.zoo.errors import ZooError
 
-    if args.command == "list":
-        for name in registry.list_models(args.pattern, pretrained=args.pretrained):
-            print(name)
-        return 0
-    if args.command == "info":
-        print(registry.get_entry(args.name).describe())
-        return 0
+    try:
+        if args.command == "list":
+            for name in registry.list_models(args.pattern, pretrained=args.pretrained):
+                print(name)
+            return 0
+        if args.command == "info":
+            print(registry.get_entry(args.name).describe())
+            return 0
+        if args.command == "export":
+            from heinsen_zoo.zoo.convert import export_lightning_checkpoint
+
+            out = export_lightning_checkpoint(args.ckpt, args.out_dir)
+            print(f"wrote {out} (config.json + model.safetensors)")
+            return 0
+        if args.command == "infer":
+            from heinsen_zoo.inference import format_json, format_table, predict
+            from heinsen_zoo.zoo.hub import from_pretrained
+
+            if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+                raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
+            model = from_pretrained(args.model, map_location="cpu")
+            predictions = predict(
+                model, args.inputs, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
+                explain_dir=args.explain, force_text=args.text,
+            )  # fmt: skip
+            print(format_json(predictions) if args.json else format_table(predictions))
+            return 0
+    except (ZooError, KeyError, FileNotFoundError, ValueError) as err:
+        plain_key_error = isinstance(err, KeyError) and not isinstance(err, ZooError) and err.args
+        print(f"error: {err.args[0] if plain_key_error else err}", file=sys.stderr)
+        return 2
     raise AssertionError(args.command)
 
 

@@ -66,6 +66,7 @@ def logistic_regression_baseline(train_ds, val_ds) -> float:
 def explain_one_article(task, datamodule, out_png: Path) -> dict:
     """Per-token credit of the predicted topic for the first validation article; writes ``out_png``."""
     from heinsen_zoo.explain import head_credit, plot_text_credit
+    from heinsen_zoo.inference import text_tokens
 
     val_raw = datamodule.datamodule.val_dataset
     cached = datamodule.cached["val"]
@@ -76,16 +77,14 @@ def explain_one_article(task, datamodule, out_png: Path) -> dict:
     head = task.model.head.eval()
     out = head_credit(head, hidden, pad)
     pred = int(out["logits"].argmax(-1))
-    per_token = out["credit"][0, :, :, pred].sum(-1)  # [n_pos]
     raw = val_raw[int(item["index"])]
-    backbone = task.model.backbone
-    ids = backbone.tokenizer(raw["text"], max_length=backbone.max_length, truncation=True)["input_ids"]
-    tokens = backbone.tokenizer.convert_ids_to_tokens(ids)[: per_token.shape[0]]
+    tokens, positions = text_tokens(task.model.backbone, raw["text"])
+    per_token = out["credit"][0, positions, :, pred].sum(-1)  # [n_tokens]
     labels = task.hparams.labels
     title = (f"credit per token for the predicted topic '{labels[pred]}' (true: '{labels[int(raw['label'])]}'); "
              "red = positive credit, blue = negative")
-    plot_text_credit(tokens, per_token[: len(tokens)], out_png, title=title)
-    top = per_token[: len(tokens)].topk(min(8, len(tokens))).indices.tolist()
+    plot_text_credit(tokens, per_token, out_png, title=title)
+    top = per_token.topk(min(8, len(tokens))).indices.tolist()
     return {"pred": labels[pred], "true": labels[int(raw["label"])], "top_tokens": [tokens[i] for i in top]}
 
 

@@ -65,14 +65,16 @@ def plot_text_credit(
         raise ValueError(f"scores: expected {len(tokens)} values (one per token), got {scores.numel()}")
     tokens, scores = list(tokens)[:max_tokens], scores[:max_tokens]
     scale = float(scores.abs().max()) or 1.0
-    lines: list[list[tuple[str, float]]] = [[]]
+    # (text, credit, glued to the previous piece) — WordPiece "##" continuations are drawn without a gap.
+    lines: list[list[tuple[str, float, bool]]] = [[]]
     used = 0
     for tok, s in zip(tokens, scores.tolist()):
-        text = tok.replace("Ġ", "").replace("▁", "")
+        glued = tok.startswith("##")
+        text = tok[2:] if glued else tok.replace("Ġ", "").replace("▁", "")
         if used + len(text) + 1 > width_chars and lines[-1]:
             lines.append([])
             used = 0
-        lines[-1].append((text, s / scale))
+        lines[-1].append((text, s / scale, glued and bool(lines[-1])))
         used += len(text) + 1
     fig_h = 0.8 + 0.28 * len(lines)
     fig, ax = plt.subplots(figsize=(0.105 * width_chars + 0.5, fig_h))
@@ -82,7 +84,8 @@ def plot_text_credit(
     cmap = plt.get_cmap("bwr")
     for row, line in enumerate(lines):
         x = 0.0
-        for text, s in line:
+        for text, s, glued in line:
+            x -= 0.8 if glued else 0.0
             ax.text(
                 x, row + 0.5, text, family="monospace", fontsize=8, va="center", ha="left",
                 bbox={"facecolor": cmap(0.5 + 0.5 * s), "edgecolor": "none", "pad": 1.0},
@@ -119,7 +122,7 @@ def plot_image_credit(
     axes[0].imshow(img)
     axes[0].set_title("input")
     axes[1].imshow(img)
-    axes[1].imshow(patch_map.numpy(), cmap="inferno", alpha=0.6, extent=(0, img.shape[1], img.shape[0], 0),
+    axes[1].imshow(patch_map.numpy(), cmap="inferno", alpha=0.6, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
                    interpolation="nearest")
     axes[1].set_title(f"credit per patch ({grid}×{grid}, summed over depth)")
     for ax in axes[:2]:
