@@ -140,7 +140,7 @@ def check_broadcastable(name: str, t: torch.Tensor, target: Sequence[int], layou
     target = list(target)
     ok = t.dim() <= len(target)
     if ok:
-        for have, want in zip(reversed(t.shape), reversed(target)):
+        for have, want in zip(reversed(t.shape), reversed(target), strict=False):
             if have not in (1, want):
                 ok = False
                 break

@@ -68,7 +68,7 @@ def plot_text_credit(
     # (text, credit, glued to the previous piece) — WordPiece "##" continuations are drawn without a gap.
     lines: list[list[tuple[str, float, bool]]] = [[]]
     used = 0
-    for tok, s in zip(tokens, scores.tolist()):
+    for tok, s in zip(tokens, scores.tolist(), strict=True):
         glued = tok.startswith("##")
         text = tok[2:] if glued else tok.replace("Ġ", "").replace("▁", "")
         if used + len(text) + 1 > width_chars and lines[-1]:
