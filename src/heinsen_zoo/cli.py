@@ -41,6 +41,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import os
 import sys
 import tempfile
@@ -101,6 +103,11 @@ def _pop_option(argv: list[str], flag: str) -> str | None:
     return None
 
 
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 def expand_experiment_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     """Turn ``--experiment``, ``--gpus`` and ``--logger`` into plain LightningCLI arguments.
 
@@ -136,6 +143,7 @@ def expand_experiment_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             tmp = tempfile.NamedTemporaryFile("w", suffix=f"-{path.stem}.yaml", delete=False)
             with tmp:
                 yaml.safe_dump(spec, tmp, sort_keys=False)
+            atexit.register(_remove_quietly, tmp.name)
             inserted += ["--config", tmp.name]
     elif gpus is not None and gpus > 1:
         inserted += ["--config", str(configs_dir() / "trainer" / "ddp.yaml")]

@@ -592,6 +592,9 @@ class CachedHiddenStatesDataModule(L.LightningDataModule):
         dataset, loader = self._raw(split)
         if dataset is None:
             return None
+        if hasattr(dataset, "__len__") and len(dataset) == 0:
+            raise ValueError(f"{split} split of {type(self.datamodule).__name__} is empty: nothing to cache "
+                             "(e.g. max_per_class too small for val_fraction)")
         fingerprint = self._fingerprint(dataset)
         if fingerprint is not None and fingerprint in self._by_fingerprint:
             return self._by_fingerprint[fingerprint]  # same samples as an already cached split

@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = list(rows)
     if args.report_only:
+        if not (args.group or args.rows):  # every row that has a result
+            suffix = ".smoke.json" if args.smoke else ".json"
+            names = [n for n in rows if (args.results_dir / f"{n}{suffix}").is_file()]
+            if not names:
+                print(f"report: no results under {args.results_dir} (run a reproduce target first)", file=sys.stderr)
+                return 1
         return 0 if report(names, args.results_dir, args.smoke, rows) else 1
     if args.model_dir:
         os.environ["HEINSEN_MODEL_DIR"] = str(args.model_dir)

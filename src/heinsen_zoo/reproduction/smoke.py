@@ -36,7 +36,7 @@ def _smoke_2022(row: str, work: Path, results_dir: Path) -> dict[str, Any]:
     from heinsen_zoo.data.smoke import make_smoke_datamodule, write_smoke_data
 
     task, kind = SMOKE_PLAN[row]
-    spec = write_tiny_backbone(kind, work / "backbone")
+    spec = write_tiny_backbone(kind, results_dir / "smoke" / "backbones" / kind)  # shared: sst2 starts from sst5
     d_depth, d_emb = spec.pop("d_depth"), spec.pop("d_emb")
     if kind != "beit":
         spec["pad_mode"] = "empty_chunk"  # the paper's rule, exercised end to end
