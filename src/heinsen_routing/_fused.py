@@ -27,10 +27,11 @@ Saved for backward: references to the inputs (no copies), the small ``A_t [B, m,
 logits ``L_t`` for t = 1..T-1 and, for Linear betas, the beta block ``[B, n, 2m]``. Everything
 element-wise (S, R, D_use, D_ign, φ, f_a and their pre-activations) is recomputed per block in backward.
 Backward walks the iterations in reverse; per block: ``dφ = x_blk @ gA_tᵀ + gs_t`` (one matmul), the
-element-wise chain gives ``dβ``, ``da``, ``dW_S``, ``dB_S`` and ``dL``; ``dP_t += dLᵀ @ x_blk``; when x
-needs a gradient ``dx_blk += [φ, dL(, dβ)] @ [gA_t; P_t(; W_β)]`` (one matmul with inner size 2m–4m).
-The small ops are differentiated by re-running them under autograd. Linear betas: ``dβ`` is summed over
-the iterations per block and turned into weight gradients once, at t = 0.
+element-wise chain gives ``dβ``, ``da``, ``dW_S``, ``dB_S`` and ``dL``; ``dP_t += dLᵀ @ x_blk``. The
+small ops are differentiated by re-running them under autograd. Linear betas: ``dβ`` is summed over the
+iterations per block and turned into weight gradients once, at t = 0. When x needs a gradient the left
+factors ``φ_t, dL_t`` are kept per block and ``dx_blk = [φ_T−1, dL_T−1, …, φ_0(, dβ)] @ [gA_T−1; P_T−1;
+…; gA_0(; W_β)]`` is one matmul (inner size (2T−1)·m, +2m) at t = 0, written once.
 
 FLOPs equal those of plain autograd: no matmul is recomputed. Per iteration 2·B·n·m·d for ``φᵀx`` and
 (t > 0) for ``xPᵀ``, plus 4·B·n·m·d once for Linear betas; backward twice that (three times with dx).
@@ -38,7 +39,8 @@ FLOPs equal those of plain autograd: no matmul is recomputed. Per iteration 2·B
 Memory, in elements, beyond the inputs, the parameters and their gradients::
 
     saved     = (T−1)·B·n·m  [+ 2·B·n·m for Linear betas]  + (2T−1)·B·m·d + T·B·m
-    backward  + 2·B·n·m for Linear betas when T ≥ 2 (the dβ sum)  [+ B·n·d for dx]
+    backward  + 2·B·n·m for Linear betas when T ≥ 2 (the dβ sum)
+              [+ B·n·d for dx and 2·(T−1)·B·n·m for its left factors, when x needs a gradient]
               + ~12 · rows · m per-block temporaries
 
 (plain autograd keeps ~6·T·B·n·m, plus B·n·d for xs, and 2·B·n·m for Linear betas).
@@ -99,7 +101,9 @@ def _blocks(batch: int, n: int, rows: int) -> list[tuple[slice, slice]]:
     of one sample. Each block of a contiguous [B, n, d] tensor is itself contiguous."""
     if rows >= n:
         per = max(1, rows // n)
+        per = -(-batch // -(-batch // per))  # same block count, sizes as even as possible
         return [(slice(b0, min(batch, b0 + per)), slice(0, n)) for b0 in range(0, batch, per)]
+    rows = -(-n // -(-n // rows))
     return [(slice(b, b + 1), slice(i0, min(n, i0 + rows))) for b in range(batch) for i0 in range(0, n, rows)]
 
 
@@ -270,12 +274,17 @@ def _with_threads(fn):
     return wrapper
 
 
-def _bmm_into(out: Tensor, a: Tensor, b: Tensor) -> None:
-    """out += a @ b for [Bc, ., .] operands (a plain matmul when Bc == 1)."""
+def _bmm_into(out: Tensor, a: Tensor, b: Tensor, accumulate: bool = True) -> None:
+    """out += a @ b (or out = a @ b) for [Bc, ., .] operands (a plain matmul when Bc == 1)."""
     if out.shape[0] == 1:
-        out[0].addmm_(a[0], b[0])
-    else:
+        if accumulate:
+            out[0].addmm_(a[0], b[0])
+        else:
+            torch.mm(a[0], b[0], out=out[0])
+    elif accumulate:
         out.baddbmm_(a, b)
+    else:
+        torch.bmm(a, b, out=out)
 
 
 class _FusedEMRouting(torch.autograd.Function):
@@ -305,6 +314,7 @@ class _FusedEMRouting(torch.autograd.Function):
         n_iters: int,
         normalize: bool,
         rows: int,
+        for_backward: bool,  # False: nothing will call backward (no grad), keep no logits
     ) -> Tensor:
         B, n, d = x.shape
         m = W_F1.shape[0]
@@ -340,7 +350,8 @@ class _FusedEMRouting(torch.autograd.Function):
                     L = xb.new_empty(Bc, c, m)
                     with par():
                         torch.bmm(xb, P[bs].transpose(1, 2), out=L)  # [Bc, c, m]
-                    L_t.append(L)
+                    if for_backward:
+                        L_t.append(L)
                 st = _BlockState(
                     a[bs, is_], _blk(mask, bs, is_), bsum, bib, L, _blk(W_S, bs, is_), _blk(B_S, bs, is_), m
                 )
@@ -381,7 +392,7 @@ class _FusedEMRouting(torch.autograd.Function):
         B, n, d = x.shape
         m = W_F1.shape[0]
 
-        gx = torch.zeros_like(x) if need_x else None
+        gx = torch.empty_like(x) if need_x else None  # written once, at t = 0
         ga = torch.zeros_like(a) if need_a else None
         gbu = torch.zeros_like(bu) if (not linear and needs[2]) else None
         gbi = torch.zeros_like(bi) if (not linear and needs[3]) else None
@@ -413,14 +424,20 @@ class _FusedEMRouting(torch.autograd.Function):
                     g_small[i] = g if g_small[i] is None else g_small[i] + g
             return grads[0], grads[1]
 
+        # dx = Σ_t (φ_t @ gA_t + dL_t @ P_t) + dβ @ Wb: the left factors of t >= 1 are kept per block and
+        # all terms are one matmul at t = 0 (inner size (2T−1)·m, +2m for Linear betas).
+        dx_lhs: list[list[Tensor]] = [[] for _ in blocks]
+        dx_rhs: list[Tensor] = []
         gA, gs = small_grads(T - 1, g_out, through_pred=False)
         for t in reversed(range(T)):
             P = ctx.Ps[t]
             gP = torch.zeros_like(P) if P is not None else None
             if need_x:
-                rhs = gA if P is None else torch.cat([gA, P], dim=1)  # [B, m or 2m, d]
+                dx_rhs += [gA] if P is None else [gA, P]  # [B, m, d] each
                 if linear and t == 0:
-                    rhs = torch.cat([rhs, Wb.unsqueeze(0).expand(B, -1, -1)], dim=1)  # [B, .. + 2m, d]
+                    dx_rhs.append(Wb.unsqueeze(0).expand(B, -1, -1))  # [B, 2m, d]
+                if t == 0:
+                    rhs = torch.cat(dx_rhs, dim=1)  # [B, (2T-1)m (+2m), d]
             gA_T = gA.transpose(1, 2)  # [B, d, m]
             for k, (bs, is_) in enumerate(blocks):
                 xb = x[bs, is_]  # [Bc, c, d]
@@ -442,7 +459,7 @@ class _FusedEMRouting(torch.autograd.Function):
                         dfa.mul_(st.keep)
                     ga[bs, is_] += dfa.sum(-1) * (st.sig * (1.0 - st.sig)).squeeze(-1)
                 # φ = f_a·(bsum·R − β_ign): d bsum = u·R, d β_ign (as a free variable) = −u, dR = u·bsum
-                lhs = []
+                lhs = dx_lhs[k]
                 if need_x:
                     lhs.append(st.phi((Bc, c, m)))
                 uR = None  # u·R
@@ -490,15 +507,16 @@ class _FusedEMRouting(torch.autograd.Function):
                         gbb += flat.sum(0)
                     if need_x:
                         lhs.append(acc)
-                if need_x:
-                    lhs_t = lhs[0] if len(lhs) == 1 else torch.cat(lhs, dim=-1)
+                if need_x and t == 0:
+                    lhs_t = lhs[0] if len(lhs) == 1 else torch.cat(lhs, dim=-1)  # [Bc, c, (2T-1)m (+2m)]
+                    dx_lhs[k] = []
                     with par():
-                        _bmm_into(gx[bs, is_], lhs_t, rhs[bs])
+                        _bmm_into(gx[bs, is_], lhs_t, rhs[bs], accumulate=False)
             if t > 0:
                 gA, gs = small_grads(t - 1, gP, through_pred=True)
 
         g_small_out = [g if needs[6 + i] else None for i, g in enumerate(g_small)]
-        return (gx, ga, gbu, gbi, gWb, gbb, *g_small_out, gWS, gBS, None, None, None, None, None)
+        return (gx, ga, gbu, gbi, gWb, gbb, *g_small_out, gWS, gBS, None, None, None, None, None, None)
 
 
 def _canonical(name: str, t: Tensor, batch: list[int], n: int, m: int) -> Tensor:
@@ -634,8 +652,11 @@ def fused_em_routing(
             mk = _canonical("mask", mask, batch, n, n_out)
             mk = mk.expand(mk.shape[0], mk.shape[1], n_out)  # [Bm, nm, n_out]
         rows = chunk_size if chunk_size is not None else default_chunk_rows(n_out, xb.element_size())
+        differentiable = [xb, ab, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, WS, BS]
+        differentiable += [Wb] + ([] if bb is None else [bb]) if linear else [bu, bi]
+        for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
         out = _FusedEMRouting.apply(
             xb, ab, bu, bi, Wb, bb, cast(W_F1), cast(W_F2), cast(B_F2), cast(W_G1), cast(W_G2), cast(B_G2),
-            WS, BS, scale, mk, n_iters, bool(normalize), rows,
+            WS, BS, scale, mk, n_iters, bool(normalize), rows, for_backward,
         )
     return out.reshape(*batch, n_out, d_out)

