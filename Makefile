@@ -51,8 +51,9 @@ clean: ## Remove caches and run outputs (keeps .venv).
 demo: $(STAMP) ## Train a routing head over all hidden states of MiniLM on BBC News (offline, CPU, < 10 min).
 	$(PY) -m heinsen_zoo.demo
 
+BENCH_ARGS ?= --quick
 .PHONY: bench
-bench: $(STAMP) ## Benchmark the fused routing path against the plain one (time, peak memory, GFLOP/s).
+bench: $(STAMP) ## Routing benchmark, plain vs fused (BENCH_ARGS="--sizes all": full table, ~10 min, ~16 GB RAM).
 	$(PY) reproduce/benchmarks/bench_routing.py $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------

@@ -562,7 +562,7 @@ def fused_em_routing(
     Returns x_out ``[..., n_out, d_out]``; equal (to rounding) to the plain autograd computation, with
     gradients for x, a_logits, the beta tensors or the beta Linear layers' parameters, and every W/B.
     ``chunk_size``: rows (input vectors, summed over samples) per block; default
-    :func:`default_chunk_rows` (~1 MiB per ``[rows, n_out]`` temporary). See the module docstring.
+    :func:`default_chunk_rows` (~8 MiB per ``[rows, n_out]`` temporary). See the module docstring.
     """
     x = check_floating("x", x)
     check_rank("x", x, 2, "[..., n, d_inp]")

@@ -208,7 +208,7 @@ class EfficientVectorRouting(nn.Module):
         if self.W_A.shape[0] == 1:
             a_logits = scale_a * (x @ self.W_A[0]) + self.B_A
         else:
-            a_logits = scale_a * (x * self.W_A).sum(-1) + self.B_A
+            a_logits = scale_a * torch.einsum("...nd,nd->...n", x, self.W_A) + self.B_A  # no [..., n, d] temp
         if self.memory_efficient and not self.return_dict and not _compiling():
             # Default fast path: fused, chunked loop; never stores the [..., n, n_out] tensors (see _fused).
             if self.n_inp > 0:
