@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
+import routing_reference as ref  # registered by conftest.py
 import torch
 
 import heinsen_routing
 from heinsen_routing import GenerativeMatrixRouting
-
-
-def _load_reference():
-    name = "heinsen_routing_tests_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ref = _load_reference()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Tiny tensors: one intra-op thread is much faster on a shared machine (slow tests keep all)."""
-    if request.node.get_closest_marker("slow"):
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 F64 = torch.float64
 ATOL, RTOL = 1e-10, 1e-8
