@@ -21,8 +21,8 @@ from heinsen_zoo.backbones import (  # noqa: E402
     beit_hf_to_timm,
     build_backbone,
     check_backbone_spec,
-    minilm_dir,
 )
+from heinsen_zoo.backbones.tiny import write_tiny_backbone  # noqa: E402
 
 TINY_VIT = {
     "source": "timm", "id": "vit_tiny_patch16_224", "revision": None, "kind": "vision", "pretrained": False,
@@ -40,14 +40,7 @@ def offline(monkeypatch, tmp_path):
 def tiny_bert_dir(tmp_path_factory):
     """A 2-layer, 32-wide random BERT saved with the real MiniLM tokenizer (local_path format)."""
     path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    transformers.BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    write_tiny_backbone("bert", path)
     return path
 
 

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
-from heinsen_zoo.backbones import FrozenBackbone, build_backbone, minilm_dir  # noqa: E402
+from heinsen_zoo.backbones import FrozenBackbone, build_backbone  # noqa: E402
+from heinsen_zoo.backbones.tiny import write_tiny_backbone  # noqa: E402
 from heinsen_zoo.features import (  # noqa: E402
     CachedHiddenStatesDataModule,
     HiddenStatesDataset,
@@ -42,14 +43,7 @@ def vit():
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    transformers.BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    write_tiny_backbone("bert", path)
     return path
 
 
