@@ -26,14 +26,9 @@ from ._em import (
     prepare_inputs,
 )
 from ._fused import fused_em_routing
+from .validation import is_compiling
 
 __all__ = ["EfficientVectorRouting", "plain_em_routing"]
-
-
-def _compiling() -> bool:
-    """True while torch.compile traces (the fused autograd Function would be a graph break there)."""
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def _normalize(x_out: torch.Tensor) -> torch.Tensor:
@@ -209,7 +204,7 @@ class EfficientVectorRouting(nn.Module):
             a_logits = scale_a * (x @ self.W_A[0]) + self.B_A
         else:
             a_logits = scale_a * torch.einsum("...nd,nd->...n", x, self.W_A) + self.B_A  # no [..., n, d] temp
-        if self.memory_efficient and not self.return_dict and not _compiling():
+        if self.memory_efficient and not self.return_dict and not is_compiling():  # fused Function = graph break
             # Default fast path: fused, chunked loop; never stores the [..., n, n_out] tensors (see _fused).
             if self.n_inp > 0:
                 beta_use, beta_ign = self.beta_use, self.beta_ign  # [n, n_out]

@@ -28,14 +28,15 @@ def set_checks_enabled(enabled: bool) -> None:
     _CHECKS_ENABLED = bool(enabled)
 
 
+def is_compiling() -> bool:
+    """True while torch.compile traces the code."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def checks_enabled() -> bool:
     """Whether non-finite value checks run (they never run while tracing/compiling)."""
-    if not _CHECKS_ENABLED:
-        return False
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
-        return False
-    return True
+    return _CHECKS_ENABLED and not is_compiling()
 
 
 @contextlib.contextmanager

@@ -277,6 +277,13 @@ class _Item:
     slug: str = field(default="input")
 
 
+
+def _tensor_items(k: int, x: torch.Tensor) -> list[_Item]:
+    """Input tensor ``k``: one item, or one per sample when it carries a batch dim ([B, C, H, W])."""
+    if x.dim() == 4:
+        return [_Item(f"tensor[{k}][{b}]", x[b], f"tensor{k}_{b}") for b in range(x.shape[0])]
+    return [_Item(f"tensor[{k}]", x, f"tensor{k}")]
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.")[:40] or "input"
 
@@ -328,10 +335,7 @@ def _image_items(inputs: Sequence[Any]) -> list[_Item]:
         elif isinstance(x, Image.Image):
             items.append(_Item(f"image[{k}]", x, f"image{k}"))
         elif isinstance(x, torch.Tensor):
-            if x.dim() == 4:
-                items += [_Item(f"tensor[{k}][{b}]", x[b], f"tensor{k}_{b}") for b in range(x.shape[0])]
-            else:
-                items.append(_Item(f"tensor[{k}]", x, f"tensor{k}"))
+            items += _tensor_items(k, x)
         else:
             raise TypeError(
                 f"inputs[{k}]: expected an image path, a folder, a PIL image or a tensor [3, H, W] for a vision "
@@ -391,10 +395,7 @@ def _norb_items(inputs: Sequence[Any]) -> list[_Item]:
         elif isinstance(x, tuple) and len(x) == 2:
             items.append(_Item(f"pair[{k}]", x, f"pair{k}"))
         elif isinstance(x, torch.Tensor):
-            if x.dim() == 4:
-                items += [_Item(f"tensor[{k}][{b}]", x[b], f"tensor{k}_{b}") for b in range(x.shape[0])]
-            else:
-                items.append(_Item(f"tensor[{k}]", x, f"tensor{k}"))
+            items += _tensor_items(k, x)
         else:
             raise TypeError(
                 f"inputs[{k}]: expected a NORB -dat.mat[.gz] file, PNG paths (left, right), a folder, a (left, right) "

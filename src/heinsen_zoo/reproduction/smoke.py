@@ -24,7 +24,8 @@ SMOKE_PLAN: dict[str, tuple[str, str]] = {
 }
 
 
-def _trainer(work: Path) -> dict[str, Any]:
+def smoke_trainer(work: Path) -> dict[str, Any]:
+    """CPU trainer settings of every smoke run: 2 short epochs, logs under ``work/run``."""
     return {
         "accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true", "max_epochs": 2,
         "default_root_dir": str(work / "run"), "log_every_n_steps": 1, "enable_model_summary": False,
@@ -49,7 +50,7 @@ def _smoke_2022(row: str, work: Path, results_dir: Path) -> dict[str, Any]:
     }
     if row == "sst2":  # fine-tuned from the smoke SST-5 head, as the paper's recipe
         model["init_from"] = str(results_dir / "smoke" / "sst5" / "export")
-    return {"trainer": _trainer(work), "model": {"init_args": model}, "data": data}
+    return {"trainer": smoke_trainer(work), "model": {"init_args": model}, "data": data}
 
 
 def prepare_smoke(row: str, work: str | Path, results_dir: str | Path) -> list[str]:

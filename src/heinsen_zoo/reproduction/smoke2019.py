@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .smoke import smoke_trainer
+
 
 def smoke_2019_config(row: str, work: Path) -> dict[str, Any]:
     """The config (trainer/model/data sections) that swaps tiny stand-ins into a 2019 row."""
-    trainer = {
-        "accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true", "max_epochs": 2,
-        "default_root_dir": str(work / "run"), "log_every_n_steps": 1, "enable_model_summary": False,
-    }
+    trainer = smoke_trainer(work)
     if row == "smallnorb2019":
         from heinsen_zoo.data.smallnorb import write_tiny_smallnorb
 

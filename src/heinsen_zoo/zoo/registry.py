@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heinsen_zoo.backbones._resolve import is_offline as hub_offline
 from heinsen_zoo.zoo import checksums
 from heinsen_zoo.zoo.errors import (
     ClassCountMismatchError,
@@ -123,18 +124,12 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def is_offline(local_files_only: bool | None = None) -> bool:
-    """Downloads disabled? ``local_files_only`` if given, else ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``."""
+    """Downloads disabled? ``local_files_only`` if given, else ``HEINSEN_ZOO_OFFLINE`` or the Hugging Face switches."""
     if local_files_only is not None:
         return bool(local_files_only)
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HEINSEN_ZOO_OFFLINE"):
-        if os.environ.get(var, "").strip().upper() in _TRUE:
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - huggingface_hub missing
-        return False
+    if os.environ.get("HEINSEN_ZOO_OFFLINE", "").strip().upper() in _TRUE:
+        return True
+    return hub_offline()
 
 
 # --------------------------------------------------------------------------------------------- dataclasses
