@@ -35,8 +35,10 @@ def test_real_corpus_counts_and_stratification(bbc):
     assert bbc.test_dataset is bbc.val_dataset and bbc.predict_dataset is bbc.val_dataset  # no test split
     assert bbc.val_dataset.ids == val
     # labels follow the topic folder of each file id
-    assert all(BBC_LABELS[label] == file_id.split("/")[0]
-               for label, file_id in zip(bbc.val_dataset.labels, val, strict=True))
+    assert all(
+        BBC_LABELS[label] == file_id.split("/")[0]
+        for label, file_id in zip(bbc.val_dataset.labels, val, strict=True)
+    )
 
 
 def test_split_is_deterministic_and_seeded(bbc):
@@ -90,3 +92,21 @@ def test_bad_arguments():
         BBCNewsDataModule(val_fraction=1.0)
     with pytest.raises(ValueError, match="max_per_class"):
         BBCNewsDataModule(max_per_class=0)
+
+
+def test_held_out_test_split_is_stratified_disjoint_and_stable():
+    dm = BBCNewsDataModule(val_fraction=0.15, test_fraction=0.2)
+    ids = dm.split_ids
+    train, val, test = set(ids["train"]), set(ids["val"]), set(ids["test"])
+    assert len(train) + len(val) + len(test) == 2225
+    assert not (train & val) and not (train & test) and not (val & test)
+    for split, fraction in ((test, 0.2), (val, 0.15)):
+        counts = Counter(file_id.split("/")[0] for file_id in split)
+        for topic, size in CLASS_SIZES.items():
+            assert abs(counts[topic] - fraction * size) <= 1, (topic, counts[topic], fraction * size)
+    assert dm.test_dataset is not dm.val_dataset and dm.predict_dataset is dm.test_dataset
+    assert dm.test_dataset.ids == ids["test"]
+    # the test split is cut first: choosing another validation share never moves a test article
+    assert BBCNewsDataModule(val_fraction=0.3, test_fraction=0.2).split_ids["test"] == ids["test"]
+    with pytest.raises(ValueError, match="test_fraction"):
+        BBCNewsDataModule(val_fraction=0.5, test_fraction=0.5)

