@@ -66,7 +66,8 @@ class GenerativeMatrixRouting(nn.Module):
     Forward:
         a_inp: ``[..., n]`` activation logits (floating). ``±inf`` is allowed and means an activation of
             exactly 1 or 0 (e.g. the logit of a 0/1 token mask); NaN is rejected.
-        mu_inp: ``[..., n, d_cov, d_inp]`` input poses (finite, same dtype and device as ``a_inp``; the
+        mu_inp: ``[..., n, d_cov, d_inp]`` input poses (finite, same dtype and device as ``a_inp``, except
+            that under autocast ``a_inp`` may stay float32 while the poses are bf16/fp16; the
             leading dims ``...`` must equal those of ``a_inp`` exactly, nothing is broadcast).
 
     Returns:
@@ -147,10 +148,15 @@ class GenerativeMatrixRouting(nn.Module):
             check_dim("mu_inp", mu_inp, -3, self.n_inp, "n (the layer's n_inp)", "[..., n, d_cov, d_inp]")
         if a_inp.device != mu_inp.device:
             raise ValueError(f"a_inp: expected device {mu_inp.device} (that of mu_inp), got {a_inp.device}")
-        if a_inp.dtype != mu_inp.dtype:
-            raise TypeError(f"a_inp: expected dtype {mu_inp.dtype} (that of mu_inp), got {a_inp.dtype}")
+        if a_inp.dtype != mu_inp.dtype and not torch.is_autocast_enabled(mu_inp.device.type):
+            # Under autocast the logits may legitimately stay float32 while the poses are bf16/fp16.
+            raise TypeError(
+                f"a_inp: expected dtype {mu_inp.dtype} (that of mu_inp; or run under autocast), got {a_inp.dtype}"
+            )
         if mu_inp.device != self.W.device:
-            raise ValueError(f"mu_inp: expected device {self.W.device} (the layer's parameters), got {mu_inp.device}")
+            raise ValueError(
+                f"mu_inp: expected device {self.W.device} (the layer's parameters), got {mu_inp.device}"
+            )
         if mu_inp.dtype != self.W.dtype and not torch.is_autocast_enabled(mu_inp.device.type):
             raise TypeError(
                 f"mu_inp: expected dtype {self.W.dtype} (the layer's parameters; or run under autocast), "
@@ -178,12 +184,27 @@ class GenerativeMatrixRouting(nn.Module):
         if self.n_inp == -1:
             W = self.W[0].permute(1, 0, 2).reshape(d_inp, n_out * d_out)  # [d_inp, n_out·d_out]
             V = (mu_inp.reshape(*lead, n * d_cov, d_inp) @ W).reshape(*lead, n, d_cov, n_out, d_out)
-            V = V.add_(self.B[0].transpose(0, 1))  # in place (mm does not need its output); B[0] as [d_cov, n_out, d_out]
+            # In place (mm does not need its output); B[0] as [d_cov, n_out, d_out].
+            V = V.add_(self.B[0].transpose(0, 1))
             V = V.permute(*range(len(lead)), -2, -4, -3, -1)  # [..., n_out, n, d_cov, d_out]
         else:
             W = self.W.transpose(0, 1)  # [n_out, n, d_inp, d_out]
             V = mu_inp.unsqueeze(-4) @ W + self.B.transpose(0, 1)  # [..., n_out, n, d_cov, d_out]
         V = V.reshape(*lead, n_out, n, k)  # [..., n_out, n, k]
+        if not torch.is_autocast_enabled(mu_inp.device.type):
+            return self._em(a_inp, V, lead, n)
+        # Under autocast only the votes (the n·n_out·d_inp·d_out product above) run in the autocast dtype;
+        # the EM statistics (means, variances, log-densities, softmax) run in float32 (or the widest dtype of
+        # the votes, the parameters and a_inp), with autocast off so that their sums are not rounded to bf16.
+        work = torch.promote_types(torch.promote_types(V.dtype, self.W.dtype), a_inp.dtype)
+        with torch.autocast(mu_inp.device.type, enabled=False):
+            return self._em(a_inp.to(work), V.to(work), lead, n)
+
+    def _em(
+        self, a_inp: torch.Tensor, V: torch.Tensor, lead: torch.Size, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | dict[str, torch.Tensor | None]:
+        """The EM loop on the votes V [..., n_out, n, d_cov·d_out] (SPEC §3)."""
+        n_out, d_cov, d_out = self.n_out, self.d_cov, self.d_out
         f_a_inp = torch.sigmoid(a_inp).unsqueeze(-2).to(V.dtype)  # [..., 1, n]
         beta_use, beta_ign = self.beta_use.t(), self.beta_ign.t()  # [n_out, n1]
 
@@ -197,11 +218,14 @@ class GenerativeMatrixRouting(nn.Module):
 
             # M-step: output activations, poses and variances.
             a_out = (beta_use * D_use).sum(dim=-1) - (beta_ign * D_ign).sum(dim=-1)  # [..., n_out]
-            weights = (D_use / (D_use.sum(dim=-1, keepdim=True) + self.eps)).unsqueeze(-2)  # [..., n_out, 1, n]
+            # weights [..., n_out, 1, n]
+            weights = (D_use / (D_use.sum(dim=-1, keepdim=True) + self.eps)).unsqueeze(-2)
             mu_out = (weights @ V).squeeze(-2)  # [..., n_out, k]
             V_less_mu_out = V - mu_out.unsqueeze(-2)  # [..., n_out, n, k]
             # Square in place when no gradient is needed (saves one [..., n_out, n, k] buffer in inference).
-            V_less_mu_out_2 = V_less_mu_out.square_() if not V_less_mu_out.requires_grad else V_less_mu_out.square()
+            V_less_mu_out_2 = (
+                V_less_mu_out.square_() if not V_less_mu_out.requires_grad else V_less_mu_out.square()
+            )
             sig2_out = (weights @ V_less_mu_out_2).squeeze(-2) + self.eps  # [..., n_out, k]
 
             # E-step of the next iteration: R = softmax over outputs of logσ(a_out) + log_p.
@@ -220,7 +244,8 @@ class GenerativeMatrixRouting(nn.Module):
         if self.return_dict:
             # Back to the documented input-major layouts (views, no copies).
             return {
-                "V": V.reshape(*lead, n_out, n, d_cov, d_out).transpose(-4, -3),  # [..., n, n_out, d_cov, d_out]
+                # [..., n, n_out, d_cov, d_out]
+                "V": V.reshape(*lead, n_out, n, d_cov, d_out).transpose(-4, -3),
                 "log_p": None if log_p is None else log_p.transpose(-2, -1),  # [..., n, n_out]
                 "R": R.transpose(-2, -1),
                 "D_use": D_use.transpose(-2, -1),
