@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FILE_MODEL_KWARGS",
+    "FILE_SPEC_KEYS",
     "MissingModelError",
+    "check_spec_from_file",
     "MODEL_DIR_ENV",
     "is_offline",
     "model_dir_candidates",
@@ -41,6 +44,73 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 class MissingModelError(FileNotFoundError):
     """A backbone's weights are not available locally and downloading is disabled or failed."""
+
+
+# A backbone spec read from a file (export config.json, registry YAML/JSON, checkpoint hparams) is data: only
+# these keys, with plain values, and only these model_kwargs. Anything else (trust_remote_code above all) is
+# refused with the key named; a user's own Python call to build_backbone may pass any model_kwargs.
+FILE_SPEC_KEYS: dict[str, tuple[type, ...]] = {
+    "source": (str,), "id": (str,), "revision": (str, type(None)), "kind": (str,),
+    "local_path": (str, type(None)), "local_files_only": (bool,), "autocast": (bool,),
+    "output_dtype": (str, type(None)), "model_kwargs": (dict, type(None)), "pretrained": (bool,),
+    "hf_hub_id": (str, type(None)), "dtype": (str, type(None)), "max_length": (int, type(None)),
+    "max_chunks": (int, type(None)), "pad_mode": (str,), "chunk_batch_size": (int, type(None)),
+}  # fmt: skip
+#: Constructor options a spec from a file may set (architecture sizes, dropout, attention kernel by name).
+FILE_MODEL_KWARGS = frozenset({
+    "img_size", "patch_size", "in_chans", "depth", "embed_dim", "num_heads", "mlp_ratio", "qkv_bias",
+    "drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate", "global_pool",
+    "class_token", "num_classes", "init_values", "use_abs_pos_emb", "use_rel_pos_bias",
+    "use_shared_rel_pos_bias", "add_pooling_layer", "attn_implementation", "torch_dtype", "use_safetensors",
+})  # fmt: skip
+_ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def check_spec_from_file(spec: Any, source: str) -> dict[str, Any]:
+    """Validate a backbone spec that came from a file as plain data; returns a copy.
+
+    Refuses (:class:`heinsen_zoo.zoo.errors.UntrustedSpecError`, naming ``source`` and the key) any key
+    outside :data:`FILE_SPEC_KEYS`, values of the wrong type, ``model_kwargs`` outside
+    :data:`FILE_MODEL_KWARGS` (``trust_remote_code`` above all), non-plain values, and an
+    ``attn_implementation`` that is not a built-in kernel name (a hub name would download code).
+
+    Example:
+        >>> try:
+        ...     check_spec_from_file({"source": "hf", "id": "x", "model_kwargs": {"trust_remote_code": True}}, "c.json")
+        ... except ValueError as err:
+        ...     print(str(err)[:60])
+        c.json: backbone['model_kwargs']['trust_remote_code'] is not
+    """
+    from heinsen_zoo.zoo.errors import UntrustedSpecError
+
+    if not isinstance(spec, dict):
+        raise UntrustedSpecError(f"{source}: 'backbone' must be a JSON object, got {type(spec).__name__}")
+
+    def refuse(key: str, why: str) -> UntrustedSpecError:
+        return UntrustedSpecError(f"{source}: backbone{key} {why}")
+
+    for key, value in spec.items():
+        if key not in FILE_SPEC_KEYS:
+            raise refuse(f"[{key!r}]", f"is not an allowed key of a backbone spec read from a file; allowed: "
+                         f"{sorted(FILE_SPEC_KEYS)}")
+        types = FILE_SPEC_KEYS[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise refuse(f"[{key!r}]", f"must be {' or '.join(t.__name__ for t in types)}, got {value!r}")
+    for name, value in (spec.get("model_kwargs") or {}).items():
+        if name not in FILE_MODEL_KWARGS:
+            raise refuse(
+                f"['model_kwargs'][{name!r}]",
+                "is not allowed in a spec read from a file (it would let the file run code or choose code); a spec "
+                f"from a file may set only plain options: {sorted(FILE_MODEL_KWARGS)}. To pass it anyway, build "
+                "the backbone yourself in Python (heinsen_zoo.backbones.build_backbone)",
+            )
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, _PLAIN) for v in items):
+            raise refuse(f"['model_kwargs'][{name!r}]", f"must be a plain value or a list of them, got {value!r}")
+        if name == "attn_implementation" and value not in _ATTN_IMPLEMENTATIONS:
+            raise refuse(f"['model_kwargs'][{name!r}]", f"must be one of {_ATTN_IMPLEMENTATIONS}, got {value!r}")
+    return dict(spec)
 
 
 def is_offline(spec: dict[str, Any] | None = None) -> bool:

@@ -116,16 +116,16 @@ def record_lock(lock_path: str | Path, key: str, digest: str) -> None:
     os.replace(tmp, lock_path)
 
 
-def verify_or_record(path: str | Path, lock_path: str | Path, key: str) -> tuple[str, bool]:
-    """Trust on first use: verify ``path`` against the digest recorded under ``key``, or record it.
+def check_lock(path: str | os.PathLike, lock_path: str | os.PathLike, key: str) -> tuple[str, bool]:
+    """Trust on first use, first half: verify ``path`` against the digest recorded under ``key``.
 
-    Returns ``(digest, recorded_now)``. Raises :class:`ChecksumMismatchError` when a record exists
-    and the file changed since.
+    Returns ``(digest, unrecorded)``; records nothing. Call :func:`record_lock` with the digest only after
+    the file passed every other check (a refused file must not be pinned). Raises
+    :class:`ChecksumMismatchError` when a record exists and the file changed since.
     """
     actual = sha256_file(path)
     recorded = read_lock(lock_path).get(key)
     if recorded is None:
-        record_lock(lock_path, key, actual)
         return actual, True
     if recorded != actual:
         raise ChecksumMismatchError(
@@ -135,3 +135,15 @@ def verify_or_record(path: str | Path, lock_path: str | Path, key: str) -> tuple
             origin=f"{Path(lock_path)}, recorded on first use; delete that line if you replaced the file on purpose",
         )
     return actual, False
+
+
+def verify_or_record(path: str | os.PathLike, lock_path: str | os.PathLike, key: str) -> tuple[str, bool]:
+    """Trust on first use in one step: :func:`check_lock`, then record an unrecorded digest at once.
+
+    Returns ``(digest, recorded_now)``. Prefer :func:`check_lock` + :func:`record_lock` when the file is
+    still to be validated (loaders do).
+    """
+    digest, unrecorded = check_lock(path, lock_path, key)
+    if unrecorded:
+        record_lock(lock_path, key, digest)
+    return digest, unrecorded

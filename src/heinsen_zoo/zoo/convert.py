@@ -43,16 +43,16 @@ import os
 import pickle
 import sys
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from heinsen_zoo.zoo import checksums, registry
+from heinsen_zoo.zoo import checksums, files, registry
 from heinsen_zoo.zoo.errors import (
     ClassCountMismatchError,
+    CorruptFileError,
     IncompatibleConfigError,
     StateDictMismatchError,
     UnsafeCheckpointError,
@@ -66,6 +66,7 @@ __all__ = [
     "extract_state_dict",
     "main",
     "read_lightning_checkpoint",
+    "read_weights",
     "safe_torch_load",
 ]
 
@@ -81,7 +82,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     """``torch.load(path, map_location, weights_only=True)`` with clear errors; never runs pickled code.
 
     Raises FileNotFoundError, :class:`UnsafeCheckpointError` (the file names Python objects beyond
-    tensors and plain containers — refused before any is built) or ValueError (not a torch file).
+    tensors and plain containers — refused before any is built) or :class:`CorruptFileError` (a
+    ValueError: not a torch file, truncated or corrupt — whatever the torch reader tripped over).
     """
     path = Path(path)
     if not path.is_file():
@@ -90,18 +92,38 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err).strip().splitlines()
-        hint = next(
-            (line for line in detail if "GLOBAL" in line or "Unsupported" in line),
-            detail[0] if detail else "",
-        )
+        hint = next((line for line in detail if "GLOBAL" in line or "Unsupported global" in line), None)
+        if hint is None:  # a broken pickle stream, not a forbidden object
+            raise CorruptFileError(
+                f"{path}: not a readable torch checkpoint (corrupt or truncated?): {_first_line(err)}"
+            ) from None
         raise UnsafeCheckpointError(
             f"refusing to unpickle arbitrary objects from {path}: it holds Python objects other than tensors and "
             f"plain containers, and torch.load(weights_only=True) refused them ({hint.strip()}). Nothing in the file "
             "was executed. Only plain state dicts are accepted: re-save the weights where you trust them with "
             "torch.save(model.state_dict(), ...) or as safetensors."
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint (corrupt or truncated?): {err}") from err
+        ) from None
+    except MemoryError:
+        raise CorruptFileError(
+            f"{path}: the checkpoint claims more memory than is available (corrupt?)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - torch's readers raise anything on corrupt bytes
+        raise CorruptFileError(
+            f"{path}: not a readable torch checkpoint (corrupt or truncated?): {type(err).__name__}: {_first_line(err)}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+def read_weights(path: str | os.PathLike) -> Any:
+    """A weight file's contents: ``.safetensors`` (header validated first) or a weights-only torch file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return files.load_safetensors(path)
+    return safe_torch_load(path)
 
 
 def _find_tensor_mapping(obj: Any, source: str, depth: int = 0) -> Mapping[str, torch.Tensor] | None:
@@ -130,7 +152,7 @@ def _select(
             f"{source} (expected {what}; its first keys are {sorted(state)[:5]})", missing=[anchor]
         )
     if len(prefixes) > 1:
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: several {what}s found (key prefixes {prefixes}); extract the one you want first"
         )
     prefix = prefixes[0]
@@ -154,7 +176,7 @@ def extract_state_dict(obj: Any, architecture: str, source: str) -> dict[str, to
     state = _find_tensor_mapping(obj, source)
     if state is None:
         keys = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(
+        raise CorruptFileError(
             f"{source}: no state dict (a mapping of names to tensors) found at the top level or under "
             f"{list(_CONTAINER_KEYS)}; got {keys}"
         )
@@ -172,14 +194,6 @@ def extract_head_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, t
         ['W', 'route.0.W_A']
     """
     return extract_state_dict(obj, "routing_head", source)
-
-
-def _read_weights(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    return safe_torch_load(path)
 
 
 def _base_config(name_or_config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -242,7 +256,7 @@ def _validated_write(
         config.get("padding", "mask"),
     )
     target = model.head if config["architecture"] == "routing_head" else model
-    hub.check_state_dict(target, state, source, strict=True)
+    hub.check_state_dict(target, state, source, strict=True, warn_cast=False)  # written unchanged
     return hub.write_export(state, config, out_dir)
 
 
@@ -263,7 +277,7 @@ def convert_original_state_dict(
     config = _base_config(name_or_config)
     config.setdefault("schema_version", 1)
     architecture = config.setdefault("architecture", "routing_head")
-    state = extract_state_dict(_read_weights(path), architecture, str(path))
+    state = extract_state_dict(read_weights(path), architecture, str(path))
     config["head"] = _merge_head(architecture, config.get("head"), state, str(path))
     config.setdefault("labels", None)
     config.setdefault("padding", "mask")
@@ -282,7 +296,7 @@ def read_lightning_checkpoint(ckpt_path: str | os.PathLike) -> tuple[dict[str, t
     path = Path(ckpt_path)
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
-        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
+        raise IncompatibleConfigError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     hp = ckpt.get("hyper_parameters")
     if not isinstance(hp, Mapping):
         raise IncompatibleConfigError(

@@ -65,7 +65,8 @@ class ClassCountMismatchError(IncompatibleConfigError):
 class StateDictMismatchError(ZooError, ValueError):
     """Weights whose keys or shapes do not match the model they are loaded into.
 
-    Attributes ``missing``, ``unexpected`` (key lists) and ``mismatched`` (``(key, got, expected)``).
+    Attributes ``missing``, ``unexpected`` (key lists), ``mismatched`` (``(key, got, expected)`` shapes) and
+    ``dtypes`` (``(key, got, expected)`` dtype names).
     """
 
     def __init__(
@@ -74,12 +75,20 @@ class StateDictMismatchError(ZooError, ValueError):
         missing: Sequence[str] = (),
         unexpected: Sequence[str] = (),
         mismatched: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]] = (),
+        dtypes: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         self.source = source
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
+        self.dtypes = list(dtypes)
         parts = []
+        if self.dtypes:
+            parts.append(
+                "dtype mismatches "
+                + ", ".join(f"{k}: checkpoint {got} vs model {want}" for k, got, want in self.dtypes[:8])
+                + " (integer and floating tensors are not converted into each other)"
+            )
         if self.missing:
             parts.append(f"missing keys {_some(self.missing)}")
         if self.unexpected:
@@ -95,6 +104,18 @@ class StateDictMismatchError(ZooError, ValueError):
 
 class UnsafeCheckpointError(ZooError, pickle.UnpicklingError):
     """A checkpoint that holds arbitrary Python objects; the zoo refuses to unpickle it."""
+
+
+class CorruptFileError(ZooError, ValueError):
+    """A weight or data file that cannot be read: truncated, corrupt, or with inconsistent sizes.
+
+    Raised before anything is allocated from the sizes the file claims; the message names the file.
+    """
+
+
+class UntrustedSpecError(IncompatibleConfigError):
+    """A backbone spec read from a file (export, registry file, checkpoint) asks for something only a
+    user's own Python call may ask for (``trust_remote_code``, an option outside the allow-list)."""
 
 
 def _some(keys: Sequence[str], limit: int = 12) -> str:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,9 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from heinsen_zoo.zoo import checksums, registry
+from heinsen_zoo.backbones._resolve import check_spec_from_file
+from heinsen_zoo.zoo import checksums, files, registry
 from heinsen_zoo.zoo.errors import (
     ClassCountMismatchError,
+    CorruptFileError,
     IncompatibleConfigError,
     OfflineError,
     StateDictMismatchError,
@@ -71,6 +72,11 @@ __all__ = [
 SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: What an export directory may hold; re-exporting replaces the directory (these files) as a whole.
+EXPORT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md"})
+#: Largest head argument a config may state (checked before anything is built; weights must agree too).
+MAX_HEAD_ARG = 1 << 20
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------- architectures
@@ -169,22 +175,44 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def check_state_dict(
-    module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, strict: bool = True
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
+    strict: bool = True,
+    warn_cast: bool = True,
 ) -> None:
-    """Raise :class:`StateDictMismatchError` naming missing / unexpected keys (when ``strict``) and any
-    shape mismatch (always), or ValueError for non-tensor or non-finite values; loads nothing."""
+    """Raise :class:`StateDictMismatchError` naming missing / unexpected keys (when ``strict``), any shape
+    mismatch and any integer/bool tensor where the model holds floats (or the reverse) (always), or
+    ValueError for non-tensor or non-finite values; loads nothing. Floats of another precision (fp16 where
+    fp32 is expected) are cast on load, with a warning naming them (``warn_cast``)."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     mismatched = []
+    cast: list[str] = []
     for key in sorted(set(own) & set(state_dict)):
         value = state_dict[key]
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"weights from {source}: {key!r} is a {type(value).__name__}, expected a tensor")
+            raise CorruptFileError(
+                f"weights from {source}: {key!r} is a {type(value).__name__}, expected a tensor"
+            )
         if tuple(value.shape) != tuple(own[key].shape):
             mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
         elif value.is_floating_point() and not _all_finite(value):
-            raise ValueError(f"weights from {source}: {key!r} holds NaN/inf values (corrupt checkpoint)")
+            raise CorruptFileError(
+                f"weights from {source}: {key!r} holds NaN/inf values (corrupt checkpoint)"
+            )
+        if value.dtype != own[key].dtype:
+            if value.is_floating_point() != own[key].is_floating_point():
+                raise StateDictMismatchError(source, dtypes=[(key, str(value.dtype), str(own[key].dtype))])
+            cast.append(f"{key} {str(value.dtype).replace('torch.', '')}")
+    if cast and warn_cast:
+        want = str(next(iter(own.values())).dtype).replace("torch.", "")
+        warnings.warn(
+            f"weights from {source}: {len(cast)} tensor(s) stored in another precision are cast to the model's "
+            f"{want}: {', '.join(cast[:6])}{' …' if len(cast) > 6 else ''}",
+            stacklevel=3,
+        )
     if mismatched or (strict and (missing or unexpected)):
         raise StateDictMismatchError(
             source, missing if strict else (), unexpected if strict else (), mismatched
@@ -258,12 +286,19 @@ def validate_config(config: Any, source: str = "config.json") -> dict[str, Any]:
         raise IncompatibleConfigError(
             f"{source}: head arguments of {architecture!r}: missing {missing}, not positive ints {bad} (got {dict(head)})"
         )
+    huge = {k: head[k] for k in required if head[k] > MAX_HEAD_ARG}
+    if huge:
+        raise IncompatibleConfigError(
+            f"{source}: head arguments {huge} exceed the limit {MAX_HEAD_ARG} (a corrupt or hostile config)"
+        )
     backbone = config.get("backbone")
     if architecture == "routing_head":
         if not isinstance(backbone, Mapping) or "source" not in backbone or "id" not in backbone:
             raise IncompatibleConfigError(
                 f"{source}: 'backbone' must be a spec object with 'source' and 'id' (plain dict), got {backbone!r}"
             )
+    if backbone is not None:
+        config["backbone"] = check_spec_from_file(backbone, source)
     labels = config.get("labels")
     if labels is not None:
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
@@ -285,9 +320,13 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise WeightsNotFoundError(f"{Path(directory)} is not an export directory: {CONFIG_NAME} not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise IncompatibleConfigError(
+            f"{path}: {path.stat().st_size} bytes, larger than a config can be ({MAX_CONFIG_BYTES})"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise IncompatibleConfigError(f"{path}: not valid JSON ({err})") from err
     return validate_config(config, str(path))
 
@@ -295,21 +334,13 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- save
 
 
-def _atomic_write_bytes(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_export(
     state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any], directory: str | os.PathLike
 ) -> Path:
     """Write an export directory from a canonical state dict and a config (validated; sha256 added).
+
+    The directory is replaced as a whole and atomically (:func:`heinsen_zoo.zoo.files.replace_directory`):
+    a kill leaves the previous export or the new one. The weights file is deterministic (sorted keys).
 
     Example:
         >>> import tempfile
@@ -320,8 +351,6 @@ def write_export(
         >>> sorted(p.name for p in d.iterdir())
         ['config.json', 'model.safetensors']
     """
-    from safetensors.torch import save_file
-
     config = validate_config({**dict(config), "schema_version": config.get("schema_version", SCHEMA_VERSION)})
     _check_class_count(
         config["architecture"], config["head"], config.get("labels"), state_dict, "write_export"
@@ -332,23 +361,20 @@ def write_export(
             raise TypeError(
                 f"write_export: state_dict[{key!r}] is a {type(value).__name__}, expected a tensor"
             )
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+        tensors[key] = value.detach().to("cpu").contiguous()
     metadata = {"format": "pt", "schema_version": str(SCHEMA_VERSION), "architecture": config["architecture"]}
-    weights = directory / WEIGHTS_NAME
-    _atomic_write_bytes(weights, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    config["sha256"] = {WEIGHTS_NAME: checksums.sha256_file(weights)}
-    try:
-        text = json.dumps(config, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"write_export: the config must hold plain JSON values only ({err})") from err
 
-    def write_text(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
+    def fill(tmp: Path) -> None:
+        files.save_safetensors(tensors, tmp / WEIGHTS_NAME, metadata=metadata)
+        config["sha256"] = {WEIGHTS_NAME: checksums.sha256_file(tmp / WEIGHTS_NAME)}
+        try:
+            text = json.dumps(config, indent=2, sort_keys=False, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"write_export: the config must hold plain JSON values only ({err})") from err
+        with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as handle:
+            handle.write(text)
 
-    _atomic_write_bytes(directory / CONFIG_NAME, write_text)
-    return directory
+    return files.replace_directory(directory, fill, EXPORT_FILES)
 
 
 def _preprocessing_from_spec(backbone: Mapping[str, Any]) -> dict[str, Any]:
@@ -447,14 +473,26 @@ def save_pretrained(
 # --------------------------------------------------------------------------------------------- load
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _check_head_fits_weights(
+    architecture: str, head: Mapping[str, Any], labels: Any, header: files.SafetensorsHeader, source: str
+) -> None:
+    """Compare every head argument of a config with the shapes in the weights' header, before building."""
+    shapes = {name: _Shape(info.shape) for name, info in header.tensors.items()}
+    _check_class_count(architecture, head, labels, shapes, source)
+    implied = infer_head_args(architecture, shapes)
+    differ = {k: (head[k], v) for k, v in implied.items() if int(head[k]) != v}
+    if differ:
+        text = ", ".join(f"{k}: config {a} vs weights {b}" for k, (a, b) in differ.items())
+        raise IncompatibleConfigError(
+            f"{source}: the config's head arguments do not match the weights ({text})"
+        )
 
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise IncompatibleConfigError(f"{path}: not a readable safetensors file ({err})") from err
+
+class _Shape:
+    """A stand-in with only ``.shape`` (header shapes fed to :func:`infer_head_args`)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
 
 
 def _attach(model: nn.Module, cfg: dict[str, Any], map_location: str | torch.device) -> nn.Module:
@@ -539,12 +577,13 @@ def load_export(
         digest = checksums.verify(weights, recorded, origin=origin)
     if entry is not None:
         _compare_with_entry(entry, config, str(directory))
-    state = _read_safetensors(weights)
     architecture = config["architecture"]
     meta = entry_metadata(entry) if entry is not None else {}
     # The export is what was trained (it wins); the entry fills in what the export does not record.
     labels = config.get("labels") if config.get("labels") is not None else meta.get("labels")
-    _check_class_count(architecture, config["head"], labels, state, str(weights))
+    header = files.read_safetensors_header(weights)  # sizes checked against each other before allocating
+    _check_head_fits_weights(architecture, config["head"], labels, header, str(weights))
+    state = files.load_safetensors(weights, header)
     model = build_model(
         architecture, config["head"], config.get("backbone"), labels, config.get("padding", "mask")
     )
@@ -569,10 +608,7 @@ def load_state_dict_file(
     from heinsen_zoo.zoo import convert
 
     path = Path(path)
-    if path.suffix == ".safetensors":
-        raw: Any = _read_safetensors(path)
-    else:
-        raw = convert.safe_torch_load(path)
+    raw = convert.read_weights(path)
     state = convert.extract_state_dict(raw, entry.architecture, str(path))
     labels = entry.get_labels()
     _check_class_count(entry.architecture, entry.head, labels, state, str(path))
@@ -589,23 +625,27 @@ def load_located(
     strict: bool = True,
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Load the weights :func:`registry.resolve_weights` found for ``entry``."""
+    """Load the weights :func:`registry.resolve_weights` found for ``entry``; a first-use digest is
+    recorded only after the load succeeded."""
     if located.path.is_dir():
-        return load_export(
+        model = load_export(
             located.path,
             strict=strict,
             map_location=map_location,
             entry=entry,
             verified_sha256=located.sha256,
         )
-    return load_state_dict_file(
-        located.path, entry, strict=strict, map_location=map_location, sha256=located.sha256
-    )
+    else:
+        model = load_state_dict_file(
+            located.path, entry, strict=strict, map_location=map_location, sha256=located.sha256
+        )
+    located.commit()
+    return model
 
 
 def _hf_hub_export(
     spec: str, revision: str | None, cache: str | os.PathLike | None, local_files_only: bool | None
-) -> tuple[Path, str]:
+) -> tuple[Path, str, tuple[Path, str] | None]:
     repo_id, _, rev_in_name = spec[len("hf-hub:") :].partition("@")
     revision = revision or rev_in_name or None
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
@@ -646,8 +686,9 @@ def _hf_hub_export(
         )
     directory = paths[CONFIG_NAME].parent
     lock = registry.cache_dir(cache) / checksums.LOCK_FILENAME
-    digest, _ = checksums.verify_or_record(paths[WEIGHTS_NAME], lock, f"hf-hub:{repo_id}:{directory.name}")
-    return directory, digest
+    key = f"hf-hub:{repo_id}:{directory.name}"
+    digest, unrecorded = checksums.check_lock(paths[WEIGHTS_NAME], lock, key)
+    return directory, digest, ((lock, key) if unrecorded else None)
 
 
 def from_pretrained(
@@ -672,8 +713,10 @@ def from_pretrained(
     if not isinstance(name_or_path, str) or not name_or_path:
         raise TypeError(f"from_pretrained: expected a name or a path, got {name_or_path!r}")
     if name_or_path.startswith("hf-hub:"):
-        directory, digest = _hf_hub_export(name_or_path, revision, cache_dir, local_files_only)
+        directory, digest, pending = _hf_hub_export(name_or_path, revision, cache_dir, local_files_only)
         model = load_export(directory, strict=strict, map_location=map_location, verified_sha256=digest)
+        if pending is not None:  # trust on first use: only a file that loaded is recorded
+            checksums.record_lock(*pending, digest)
     else:
         explicit = name_or_path.startswith("local-dir:")
         path = Path(name_or_path[len("local-dir:") :] if explicit else name_or_path).expanduser()

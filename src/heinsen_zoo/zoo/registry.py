@@ -293,10 +293,16 @@ class LocatedWeights:
     source: WeightSource
     sha256: str | None
     check: str  # "published", "recorded", "first-use", "config"
+    pending_record: tuple[Path, str] | None = None  # (lock file, key) to record once the file loaded
 
     @property
     def is_export_dir(self) -> bool:
         return self.path.is_dir()
+
+    def commit(self) -> None:
+        """Record a first-use digest in the lock file; call only after the file passed every check."""
+        if self.pending_record is not None and self.sha256 is not None:
+            checksums.record_lock(self.pending_record[0], self.pending_record[1], self.sha256)
 
 
 @dataclass(frozen=True)
@@ -607,30 +613,60 @@ def _load_user_registries() -> None:
 
 
 def _read_user_registry(path: Path) -> list[ModelEntry]:
+    """The entries of a ``$HEINSEN_ZOO_REGISTRY`` file: data only (safe YAML, backbone specs checked as data).
+
+    Every problem raises :class:`IncompatibleConfigError` naming the file (and the line, or the entry).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"HEINSEN_ZOO_REGISTRY: {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    where = f"HEINSEN_ZOO_REGISTRY file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise IncompatibleConfigError(f"{where}: not UTF-8 text ({err})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise IncompatibleConfigError(f"{where}:{line}: not valid (safe) YAML: {problem}") from None
     else:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"HEINSEN_ZOO_REGISTRY file {path}: invalid JSON ({err})") from err
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise IncompatibleConfigError(f"{where}: invalid JSON ({err})") from None
     if isinstance(data, Mapping):
         if data.get("schema_version", 1) != 1:
             raise IncompatibleConfigError(
-                f"HEINSEN_ZOO_REGISTRY file {path}: schema_version {data.get('schema_version')!r} is not supported "
-                "(expected 1)"
+                f"{where}: schema_version {data.get('schema_version')!r} is not supported (expected 1)"
             )
         data = data.get("models", [])
     if not isinstance(data, list):
-        raise ValueError(
-            f"HEINSEN_ZOO_REGISTRY file {path}: expected a list of entries or {{'models': [...]}}"
+        raise IncompatibleConfigError(f"{where}: expected a list of entries or {{'models': [...]}}")
+    entries = []
+    for number, item in enumerate(data):
+        label = (
+            f"{where}: entry {number} ({item.get('name')!r})"
+            if isinstance(item, Mapping)
+            else f"{where}: entry {number}"
         )
-    return [ModelEntry.from_dict(item, base_dir=path.parent) for item in data]
+        if not isinstance(item, Mapping):
+            raise IncompatibleConfigError(f"{label}: expected a mapping, got {type(item).__name__}")
+        if item.get("backbone") is not None:
+            from heinsen_zoo.backbones._resolve import check_spec_from_file
+
+            item = {**item, "backbone": check_spec_from_file(item["backbone"], label)}
+        try:
+            entries.append(ModelEntry.from_dict(item, base_dir=path.parent))
+        except IncompatibleConfigError:
+            raise
+        except (TypeError, ValueError, KeyError) as err:
+            raise IncompatibleConfigError(f"{label}: {err}") from None
+    return entries
 
 
 def list_models(pattern: str | Sequence[str] = "*", pretrained: bool = False) -> list[str]:
@@ -782,8 +818,8 @@ def resolve_weights(
 ) -> LocatedWeights:
     """Find an entry's weights (first available source) and verify their SHA-256.
 
-    Published digest → verified; unknown digest → recorded on first use in ``<cache>/sha256.lock`` and
-    verified afterwards (trust on first use); locally produced exports → checked later against the
+    Published digest → verified; unknown digest → verified against ``<cache>/sha256.lock``, or, on first
+    use, returned with ``pending_record`` (recorded by :meth:`LocatedWeights.commit` once the file loaded); locally produced exports → checked later against the
     digest their ``config.json`` records. Raises :class:`WeightsNotFoundError` listing every place
     looked at and how to provide the file, :class:`OfflineError` when only a download could help.
     """
@@ -818,8 +854,11 @@ def _check_integrity(
         return LocatedWeights(path, source, digest, "published")
     if source.trust_on_first_use:
         lock = cache_dir(cache) / checksums.LOCK_FILENAME
-        digest, recorded_now = checksums.verify_or_record(target, lock, f"{entry.name}:{target.resolve()}")
-        return LocatedWeights(path, source, digest, "first-use" if recorded_now else "recorded")
+        key = f"{entry.name}:{target.resolve()}"
+        digest, unrecorded = checksums.check_lock(target, lock, key)
+        if unrecorded:  # recorded by LocatedWeights.commit() once the weights loaded (never a refused file)
+            return LocatedWeights(path, source, digest, "first-use", pending_record=(lock, key))
+        return LocatedWeights(path, source, digest, "recorded")
     return LocatedWeights(path, source, None, "config")
 
 
