@@ -602,8 +602,9 @@ def _load_user_registries() -> None:
         path = Path(item).expanduser().resolve()
         if str(path) in _USER_FILES_LOADED:
             continue
+        entries = _read_user_registry(path)  # a file that fails is read (and fails) again next time
         _USER_FILES_LOADED.add(str(path))
-        for entry in _read_user_registry(path):
+        for entry in entries:
             if entry.name in _BUILTIN_NAMES:
                 raise ValueError(
                     f"HEINSEN_ZOO_REGISTRY file {path}: entry {entry.name!r} would replace a built-in entry; "
