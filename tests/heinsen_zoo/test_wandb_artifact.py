@@ -1,0 +1,78 @@
+"""The exported head as a W&B model artifact, in offline mode (WANDB_MODE=offline: nothing leaves the machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+wandb = pytest.importorskip("wandb")
+
+from heinsen_zoo.model import RoutingClassifier  # noqa: E402
+from heinsen_zoo.wandb_artifact import log_export_artifact, log_to_wandb_loggers  # noqa: E402
+from heinsen_zoo.zoo.checksums import ChecksumMismatchError  # noqa: E402
+from heinsen_zoo.zoo.hub import save_pretrained  # noqa: E402
+
+SPEC = {"source": "hf", "id": "roberta-large", "revision": "5069d8a", "kind": "text"}
+
+
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return tmp_path
+
+
+def export(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = RoutingClassifier(SPEC, n_classes=2, d_depth=3, d_emb=16, n_hid=4, labels=["neg", "pos"])
+    return save_pretrained(model, tmp_path / "export", extra_config={"metrics": {"test/acc": 0.5}})
+
+
+def run_records(root: Path) -> bytes:
+    """The bytes of the offline run's record log (protobuf records; names appear verbatim)."""
+    (log,) = root.rglob("offline-run-*/run-*.wandb")
+    return log.read_bytes()
+
+
+def test_export_logged_as_model_artifact_offline(offline):
+    out = export(offline)
+    run = wandb.init(project="heinsen-routing", name="cifar10 seed 0", dir=str(offline), mode="offline")
+    try:
+        artifact = log_export_artifact(out, run)
+    finally:
+        run.finish()
+    assert artifact.type == "model" and artifact.name.startswith("cifar10-seed-0-head")
+    assert sorted(artifact.manifest.entries) == ["config.json", "model.safetensors"]
+    assert artifact.metadata["head"] == {"d_depth": 3, "d_emb": 16, "n_classes": 2, "n_hid": 4}
+    assert artifact.metadata["backbone"]["revision"] == "5069d8a"
+    assert artifact.metadata["metrics"] == {"test/acc": 0.5}
+    records = run_records(offline)
+    assert b"cifar10-seed-0-head" in records and b"model.safetensors" in records and b"latest" in records
+
+
+def test_lightning_wandb_logger_gets_the_artifact(offline):
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    out = export(offline)
+    logger = WandbLogger(project="heinsen-routing", name="demo", save_dir=str(offline), offline=True)
+    trainer = type("T", (), {"loggers": [CSVLogger(str(offline)), logger]})()
+    try:
+        (artifact,) = log_to_wandb_loggers(trainer, out)
+    finally:
+        logger.experiment.finish()
+    assert artifact.name.startswith("demo-head")
+    assert b"demo-head" in run_records(offline)
+
+
+def test_corrupt_export_is_not_logged(offline):
+    out = export(offline)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(ChecksumMismatchError):
+        log_export_artifact(out, run=object())
+    with pytest.raises(ValueError, match="no active W&B run"):
+        log_export_artifact(export(offline / "again"))
