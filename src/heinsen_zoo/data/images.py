@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from .base import ZooDataModule, check_labels, missing_data_error, stratified_split
 from .collate import collate_images
 from .hf_local import HF_LAYOUT, has_hf_dataset, load_hf_splits
-from .safe_pickle import safe_load_pickle
+from .safe_pickle import load_data_pickle
 from .transforms import (
     cifar_eval_transform,
     cifar_train_transform,
@@ -371,7 +371,7 @@ def read_cifar(data_dir: str | Path, kind: str = "cifar10", label_type: str = "f
     if folder is not None:
         for name in needed:
             with open(folder / name, "rb") as handle:
-                raw[name] = safe_load_pickle(handle)
+                raw[name] = load_data_pickle(handle, folder / name)
     elif archive is not None:
         try:
             with tarfile.open(archive, "r:*") as tar:
@@ -380,7 +380,7 @@ def read_cifar(data_dir: str | Path, kind: str = "cifar10", label_type: str = "f
                     if member.isfile() and len(parts) == 2 and parts[0] == fmt["folder"] and parts[1] in needed:
                         handle = tar.extractfile(member)
                         assert handle is not None
-                        raw[parts[1]] = safe_load_pickle(handle)
+                        raw[parts[1]] = load_data_pickle(handle, f"{archive}:{member.name}")
         except tarfile.TarError as error:
             raise ValueError(f"{archive}: not a readable {kind} tar archive ({error})") from error
         absent = [name for name in needed if name not in raw]

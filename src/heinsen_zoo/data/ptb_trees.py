@@ -9,9 +9,11 @@ Train on every subtree (phrase) of the training trees; evaluate on root sentence
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = [
     "SST2_LABELS",
@@ -21,6 +23,7 @@ __all__ = [
     "detokenize",
     "parse_tree",
     "parse_trees",
+    "read_tree_file",
     "to_sst2",
 ]
 
@@ -121,7 +124,9 @@ def parse_tree(line: str, where: str = "tree") -> Tree:
                 position += 2
             if stack:
                 if stack[-1].word is not None:
-                    raise ValueError(f"{where}: leaf ({stack[-1].label} {stack[-1].word}) cannot have children")
+                    raise ValueError(
+                        f"{where}: leaf ({stack[-1].label} {stack[-1].word}) cannot have children"
+                    )
                 stack[-1].children.append(node)
             stack.append(node)
         elif token == ")":
@@ -134,16 +139,36 @@ def parse_tree(line: str, where: str = "tree") -> Tree:
                 root = node
             position += 1
         else:
-            raise ValueError(f"{where}: unexpected token {token!r} at token {position} (words must follow a label)")
+            raise ValueError(
+                f"{where}: unexpected token {token!r} at token {position} (words must follow a label)"
+            )
     if stack or root is None:
         raise ValueError(f"{where}: unbalanced parentheses (missing ')')")
     return root
 
 
+def read_tree_file(path: str | os.PathLike) -> list[Tree]:
+    """Parse a UTF-8 file of PTB trees (one per line); bad bytes or trees raise ValueError naming file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}: {err.reason}); "
+            "the SST tree files are UTF-8 — re-encode the file (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    return parse_trees(text, source=str(path))
+
+
 def parse_trees(text: str, source: str = "trees") -> list[Tree]:
     """Parse one tree per non-empty line; errors name ``source`` and the line number."""
-    return [parse_tree(line, f"{source}:{number}") for number, line in enumerate(text.splitlines(), 1)
-            if line.strip()]
+    return [
+        parse_tree(line, f"{source}:{number}")
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip()
+    ]
 
 
 _BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}

@@ -17,20 +17,30 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import pickle
 from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["ALLOWED_GLOBALS", "RestrictedUnpickler", "safe_load_pickle", "safe_loads_pickle"]
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "PickleDataError",
+    "RestrictedUnpickler",
+    "load_data_pickle",
+    "safe_load_pickle",
+    "safe_loads_pickle",
+]
 
 #: (module, name) pairs a file may reference; everything else is refused.
-ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-})
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+)
 
 
 def _resolve(module: str, name: str) -> Any:
@@ -100,3 +110,32 @@ def safe_loads_pickle(data: bytes, encoding: str = "bytes") -> Any:
         refusing to load global
     """
     return safe_load_pickle(io.BytesIO(data), encoding=encoding)
+
+
+class PickleDataError(ValueError, pickle.UnpicklingError):
+    """A data pickle that was refused or could not be read; the message names the file."""
+
+
+def load_data_pickle(file: BinaryIO, name: str | os.PathLike, encoding: str = "bytes") -> Any:
+    """:func:`safe_load_pickle` of a data file, every failure a :class:`PickleDataError` naming ``name``.
+
+    A refused global, an object array, a truncated or an empty file, or bytes that are no pickle at all
+    (``UnpicklingError``, ``EOFError``, ``ValueError``, ``MemoryError`` ... from the unpickler) become
+    ``PickleDataError("<name>: ...")`` (a ValueError and an UnpicklingError) so the user learns which file is bad.
+    """
+    try:
+        return safe_load_pickle(file, encoding=encoding)
+    except pickle.UnpicklingError as err:
+        if "refusing" in str(err):
+            raise PickleDataError(f"{name}: {err}") from None
+        raise PickleDataError(f"{name}: not a readable pickle (truncated or corrupt: {err})") from None
+    except EOFError:
+        raise PickleDataError(
+            f"{name}: empty or truncated pickle (the file ends before the data does)"
+        ) from None
+    except MemoryError:
+        raise PickleDataError(f"{name}: corrupt pickle (claims more memory than is available)") from None
+    except Exception as err:  # noqa: BLE001 - the unpickler raises anything on corrupt bytes
+        raise PickleDataError(
+            f"{name}: not a readable pickle (corrupt: {type(err).__name__}: {err})"
+        ) from None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,9 @@ MAGIC_TO_DTYPE = {
 DTYPE_TO_MAGIC = {dtype: magic for magic, dtype in MAGIC_TO_DTYPE.items()}
 PACKED_MAGIC = 0x1E3D4C52
 MAX_NDIM = 32
+#: Largest gzipped NORB matrix decompressed by default (the training ``dat`` file holds 448 MB).
+MAX_GZ_BYTES = 1 << 30
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,11 +113,13 @@ def _parse_header(path: Path, header: bytes) -> tuple[np.dtype, tuple[int, ...],
     return MAGIC_TO_DTYPE[magic], dims, header_size
 
 
-def read_norb_matrix(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
+def read_norb_matrix(path: str | os.PathLike, mmap: bool = True, max_bytes: int = MAX_GZ_BYTES) -> np.ndarray:
     """Read a NORB binary matrix (plain or ``.gz``) as a numpy array of its stored dtype and shape.
 
     Plain files are memory-mapped read-only when ``mmap`` is True (the 448 MB training ``dat`` file then costs
-    no RAM until read); gzipped files are decompressed into memory.
+    no RAM until read); gzipped files are decompressed into memory — after their header was read and checked
+    (at most ``max_bytes`` of data, and no more than the compressed size can hold), streaming exactly the
+    size the header states, so a decompression bomb is refused without being inflated.
 
     Example:
         >>> import tempfile, numpy as np
@@ -126,19 +132,7 @@ def read_norb_matrix(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"NORB matrix file not found: {path}")
     if path.suffix == ".gz":
-        try:
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{path}: corrupt gzip file ({err})") from err
-        dtype, shape, offset = _parse_header(path, raw[: 8 + 4 * MAX_NDIM])
-        expected = math.prod(shape) * dtype.itemsize
-        if len(raw) - offset != expected:
-            raise ValueError(
-                f"{path}: expected {expected} data bytes for a {dtype} matrix of shape {list(shape)}, "
-                f"found {len(raw) - offset} (truncated or corrupt file)"
-            )
-        return np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+        return _read_gz_matrix(path, max_bytes)
 
     with open(path, "rb") as f:
         head = f.read(8 + 4 * MAX_NDIM)
@@ -155,6 +149,45 @@ def read_norb_matrix(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(offset)
         return np.frombuffer(f.read(), dtype=dtype).reshape(shape)
+
+
+def _read_gz_matrix(path: Path, max_bytes: int) -> np.ndarray:
+    """Stream-decompress a gzipped NORB matrix: header first, sizes checked, then exactly that many bytes."""
+    compressed = path.stat().st_size
+    try:
+        with gzip.open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) == 8:
+                ndim = int(np.frombuffer(head[4:8], dtype="<i4")[0])
+                head += f.read(4 * max(3, ndim)) if 0 <= ndim <= MAX_NDIM else b""
+            dtype, shape, offset = _parse_header(path, head)
+            expected = math.prod(shape) * dtype.itemsize
+            if expected > max_bytes:
+                raise ValueError(
+                    f"{path}: the header claims a {dtype} matrix of shape {list(shape)} ({expected} bytes), more than "
+                    f"the limit of {max_bytes} bytes (pass max_bytes= to read_norb_matrix to raise it)"
+                )
+            if expected > _DEFLATE_MAX_RATIO * compressed + 1024:
+                raise ValueError(
+                    f"{path}: the header claims {expected} data bytes, more than {compressed} compressed bytes can "
+                    "hold (corrupt file)"
+                )
+            data = np.empty(expected, dtype=np.uint8)
+            view, filled = memoryview(data), 0
+            while filled < expected:
+                n = f.readinto(view[filled : filled + (1 << 24)])
+                if not n:
+                    break
+                filled += n
+            if filled != expected or f.read(1):
+                found = f"{filled}" if filled != expected else f"more than {expected}"
+                raise ValueError(
+                    f"{path}: expected {expected} data bytes for a {dtype} matrix of shape {list(shape)}, "
+                    f"found {found} (truncated or corrupt file)"
+                )
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: corrupt gzip file ({err})") from err
+    return data.view(dtype).reshape(shape)
 
 
 def write_norb_matrix(path: str | os.PathLike, array: np.ndarray) -> None:

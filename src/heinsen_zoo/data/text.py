@@ -21,7 +21,7 @@ from typing import Any
 
 from .base import TextDataset, ZooDataModule, check_labels, missing_data_error, seeded_order, stratified_split
 from .hf_local import HF_LAYOUT, has_hf_dataset, load_hf_splits
-from .ptb_trees import SST2_LABELS, SST5_LABELS, dedup_majority, detokenize, parse_trees, to_sst2
+from .ptb_trees import SST2_LABELS, SST5_LABELS, dedup_majority, detokenize, read_tree_file, to_sst2
 
 __all__ = ["IMDB_LABELS", "IMDBDataModule", "SSTDataModule", "clean_imdb_text"]
 
@@ -233,7 +233,7 @@ class SSTDataModule(ZooDataModule):
 
     def _examples(self, file_name: str, phrases: bool, dedup: bool) -> tuple[list[str], list[int], list[str]]:
         path = self._tree_file(file_name)
-        trees = parse_trees(path.read_text(encoding="utf-8"), source=str(path))
+        trees = read_tree_file(path)  # names the file and line of bad bytes or trees
         if not trees:
             raise ValueError(f"{path}: no trees")
         texts: list[str] = []
