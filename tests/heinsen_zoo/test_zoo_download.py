@@ -45,19 +45,22 @@ def served(tmp_path):
     server.server_close()
 
 
+def register_entry(weights: list | None = None) -> None:
+    """The tiny test entry (d_depth 3, d_emb 16, 4 classes), optionally with weight sources."""
+    entry = {
+        "name": NAME,
+        "architecture": "routing_head",
+        "head": HEAD,
+        "backbone": SPEC,
+        "labels": list("abcd"),
+    }
+    registry.register_model({**entry, "weights": weights or []}, overwrite=True)
+
+
 @pytest.fixture()
 def entry(tmp_path, monkeypatch):
     monkeypatch.setenv("HEINSEN_ZOO_CACHE", str(tmp_path / "cache"))
-    registry.register_model(
-        {
-            "name": NAME,
-            "architecture": "routing_head",
-            "head": HEAD,
-            "backbone": SPEC,
-            "labels": list("abcd"),
-        },
-        overwrite=True,
-    )
+    register_entry()
     yield registry.get_entry(NAME)
     registry._REGISTRY.pop(NAME, None)  # leave the registry as other tests expect it
 
@@ -143,3 +146,89 @@ def test_changed_cache_file_is_refused(served, tmp_path):
     target.write_bytes(target.read_bytes()[:-1])
     with pytest.raises(download.BlobMismatchError):
         download.download_verified(f"{base}/{path.name}", target, blob, progress=False)
+
+
+# ------------------------------------------------------------------ create_model: registry URL sources, timm keywords
+
+
+def register_url_entry(url: str, blob: str) -> None:
+    register_entry([{"location": url, "git_blob": blob}])
+
+
+def test_create_model_downloads_verifies_and_loads_strictly(served, entry, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HEINSEN_ZOO_OFFLINE", raising=False)
+    base, folder = served
+    path, state, blob = published_head(folder)
+    register_url_entry(f"{base}/{path.name}", blob)
+    model = registry.create_model(NAME, pretrained=True, local_files_only=False)
+    for key, value in state.items():
+        assert torch.equal(model.head.state_dict()[key], value), key
+    assert model.pretrained_cfg["converted_from"]["git_blob"] == blob
+    # Later loads: offline, from the cache, sha256 recorded on first use and verified.
+    path.unlink()
+    again = registry.create_model(NAME, pretrained=True, local_files_only=True)
+    assert again.pretrained_cfg["weights_sha256"] == model.pretrained_cfg["weights_sha256"]
+
+
+def test_create_model_refuses_a_flipped_byte(served, entry, tmp_path):
+    base, folder = served
+    path, _, blob = published_head(folder)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x80
+    path.write_bytes(bytes(data))
+    register_url_entry(f"{base}/{path.name}", blob)
+    with pytest.raises(download.BlobMismatchError, match="nothing was loaded"):
+        registry.create_model(NAME, pretrained=True, local_files_only=False)
+
+
+def test_create_model_offline_names_the_url(entry):
+    url = "http://127.0.0.1:9/heads/head.state_dict"
+    register_url_entry(url, "1" * 40)
+    with pytest.raises(OfflineError) as info:
+        registry.create_model(NAME, pretrained=True, local_files_only=True)
+    assert url in str(info.value) and "downloads are disabled" in str(info.value)
+
+
+def test_published_2022_entries_carry_pinned_urls_and_blob_ids(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEINSEN_ZOO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("HEINSEN_2022_DIR", raising=False)
+    names = registry.list_models("*_heinsen2022")
+    assert len(names) == 6
+    for name in names:
+        (source,) = [s for s in registry.get_entry(name).weights if s.kind == "url"]
+        assert source.location.startswith(
+            "https://github.com/glassroom/heinsen_routing_2022_paper/raw/5fc88058d3a3d6e04e244451f5f056ee3255f76c/checkpoints/"
+        )
+        assert len(source.git_blob) == 40
+    with pytest.raises(Exception) as info:  # offline in the test suite: nothing is downloaded
+        registry.create_model(
+            "routing_roberta_large.sst5r_heinsen2022", pretrained=True, local_files_only=True
+        )
+    assert "pretrained_sst5_head_for_roberta-large.state_dict" in str(info.value)
+    assert "6233dd0c574a134202e5d80b6f6314836def1ed6" in str(info.value)
+
+
+def test_checkpoint_path_and_pretrained_cfg_overlay(entry, tmp_path):
+    path, state, _ = published_head(tmp_path)
+    for kwargs in ({"checkpoint_path": path}, {"pretrained_cfg_overlay": {"file": str(path)}}):
+        model = registry.create_model(NAME, pretrained=True, **kwargs)
+        for key, value in state.items():
+            assert torch.equal(model.head.state_dict()[key], value), (kwargs, key)
+    export = hub.save_pretrained(model, tmp_path / "export")
+    from_dir = registry.create_model(NAME, checkpoint_path=export)
+    assert torch.equal(from_dir.head.W, model.head.W)
+    with pytest.raises(download.ChecksumMismatchError):
+        registry.create_model(NAME, pretrained_cfg_overlay={"file": str(path), "sha256": "0" * 64})
+    with pytest.raises(TypeError, match="not supported"):
+        registry.create_model(NAME, pretrained_cfg_overlay={"fiel": str(path)})
+    with pytest.raises(ValueError, match="one weight location"):
+        registry.create_model(NAME, checkpoint_path=path, pretrained_cfg_overlay={"file": str(path)})
+    with pytest.raises(Exception, match="missing.pt"):
+        registry.create_model(NAME, checkpoint_path=tmp_path / "missing.pt")
+    # A fine-tuned checkpoint with another class count: the head is resized, the weights must fit.
+    small = RoutingHead(**{**HEAD, "n_classes": 2}).state_dict()
+    torch.save(small, tmp_path / "two.pt")
+    two = registry.create_model(NAME, n_classes=2, labels=["x", "y"], checkpoint_path=tmp_path / "two.pt")
+    assert two.head.n_classes == 2

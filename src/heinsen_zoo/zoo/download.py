@@ -42,7 +42,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from heinsen_zoo.zoo.checksums import ChecksumMismatchError, sha256_file
+from heinsen_zoo.zoo.checksums import ChecksumMismatchError, sha256_file, verify
 from heinsen_zoo.zoo.errors import OfflineError, ZooError
 
 __all__ = [
@@ -137,6 +137,7 @@ def download_verified(
     target: str | os.PathLike,
     git_blob: str | None,
     *,
+    sha256: str | None = None,
     progress: bool = True,
     max_bytes: int = MAX_DOWNLOAD_BYTES,
     timeout: float = 60.0,
@@ -144,7 +145,8 @@ def download_verified(
     """Download ``url`` to ``target`` atomically and verify its git blob id; returns ``target``.
 
     An existing ``target`` is re-verified (a cache file that changed is refused, not re-downloaded
-    silently). ``git_blob=None`` skips verification (only for URLs whose id is unknown).
+    silently). ``sha256``: also (or instead) check a published SHA-256 before the rename.
+    ``git_blob=None`` and ``sha256=None`` skip verification (only for URLs with no published digest).
     """
     if not url.startswith(("https://", "http://")):
         raise ValueError(f"url: expected an http(s) URL, got {url!r}")
@@ -157,6 +159,8 @@ def download_verified(
             _stream(url, part, max_bytes, progress, timeout)
             if expected is not None:
                 _check_blob(part, url, expected)
+            if sha256 is not None:  # a wrong download never reaches the cache
+                verify(part, sha256, origin=f"the published digest of {url}")
             os.replace(part, target)
         finally:
             part.unlink(missing_ok=True)

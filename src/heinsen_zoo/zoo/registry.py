@@ -42,7 +42,6 @@ import json
 import os
 import re
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,12 +233,17 @@ class WeightSource:
     revision: str | None = None
     trust_on_first_use: bool = True
     note: str = ""
+    git_blob: str | None = None  # git blob id of a file published in a git repository (URL sources)
 
     def __post_init__(self) -> None:
         if not isinstance(self.location, str) or not self.location:
             raise ValueError(f"WeightSource.location: expected a non-empty string, got {self.location!r}")
         if self.sha256 is not None:
             object.__setattr__(self, "sha256", checksums.normalize_digest(self.sha256, "WeightSource.sha256"))
+        if self.git_blob is not None:
+            from heinsen_zoo.zoo.download import normalize_blob_id
+
+            object.__setattr__(self, "git_blob", normalize_blob_id(self.git_blob))
 
     @property
     def kind(self) -> str:
@@ -785,31 +789,29 @@ def _locate_hf(source: WeightSource, cache: str | os.PathLike | None, offline: b
 def _locate_url(
     source: WeightSource, entry: ModelEntry, cache: str | os.PathLike | None, offline: bool
 ) -> Path:
-    basename = Path(urllib.parse.urlparse(source.location).path).name or "weights.bin"
-    target = cache_dir(cache) / "downloads" / entry.name / basename
-    if target.is_file():
-        return target
-    if offline:
-        raise _Unavailable(
-            f"{source.location}: offline (HF_HUB_OFFLINE / local_files_only) and not yet downloaded to {target}"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
+    """A URL source: downloaded once into the cache (:mod:`heinsen_zoo.zoo.download`).
+
+    With ``git_blob`` the file is verified against it and converted into an export directory (returned);
+    otherwise the raw file is returned (verified against ``sha256`` when one is published).
+    """
+    from heinsen_zoo.zoo import download
+
     try:
-        with urllib.request.urlopen(source.location, timeout=30) as response, partial.open("wb") as handle:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                handle.write(block)
-    except Exception as err:
-        partial.unlink(missing_ok=True)
-        raise _Unavailable(f"{source.location}: download failed ({type(err).__name__}: {err})") from err
-    if source.sha256:  # never keep a wrong download in the cache
-        try:
-            checksums.verify(partial, source.sha256, origin=f"registry entry {entry.name}")
-        except checksums.ChecksumMismatchError:
-            partial.unlink(missing_ok=True)
-            raise
-    os.replace(partial, target)
-    return target
+        if source.git_blob:
+            return download.fetch_published(
+                source.location, source.git_blob, entry.name, cache_dir(cache), offline=offline
+            )
+        basename = Path(urllib.parse.urlparse(source.location).path).name or "weights.bin"
+        target = cache_dir(cache) / "downloads" / entry.name / basename
+        if target.is_file():
+            return target
+        if offline:
+            raise _Unavailable(
+                f"{source.location}: offline (HF_HUB_OFFLINE / local_files_only) and not yet downloaded to {target}"
+            )
+        return download.download_verified(source.location, target, None, sha256=source.sha256)
+    except (OfflineError, download.DownloadError) as err:
+        raise _Unavailable(f"{source.location}: {err}") from err
 
 
 def resolve_weights(
@@ -866,6 +868,47 @@ def _check_integrity(
 # --------------------------------------------------------------------------------------------- models
 
 
+_OVERLAY_KEYS = {"file", "url", "hf_hub_id", "hf_hub_filename", "git_blob", "sha256"}
+
+
+def _weights_override(
+    name: str, checkpoint_path: str | os.PathLike | None, overlay: Mapping[str, Any] | None
+) -> tuple[WeightSource, ...] | None:
+    """The weight source of timm-style ``checkpoint_path`` / ``pretrained_cfg_overlay``, or None."""
+    if overlay is not None and not isinstance(overlay, Mapping):
+        raise TypeError(
+            f"create_model({name!r}): pretrained_cfg_overlay must be a dict, got {type(overlay).__name__}"
+        )
+    overlay = dict(overlay or {})
+    unknown = sorted(set(overlay) - _OVERLAY_KEYS)
+    if unknown:
+        raise TypeError(
+            f"create_model({name!r}): pretrained_cfg_overlay keys {unknown} are not supported; "
+            f"expected some of {sorted(_OVERLAY_KEYS)}"
+        )
+    places = [k for k in ("file", "url", "hf_hub_id") if overlay.get(k)]
+    if checkpoint_path is not None:
+        places.insert(0, "checkpoint_path")
+    if len(places) > 1:
+        raise ValueError(f"create_model({name!r}): give one weight location, got {places}")
+    if not places:
+        if overlay:
+            raise ValueError(
+                f"create_model({name!r}): pretrained_cfg_overlay {overlay} names no location (file, url or hf_hub_id)"
+            )
+        return None
+    digest = {"sha256": overlay.get("sha256"), "trust_on_first_use": False}
+    if places[0] in ("checkpoint_path", "file"):
+        raw = checkpoint_path if places[0] == "checkpoint_path" else overlay["file"]
+        location = str(Path(os.fspath(raw)).expanduser().resolve())
+        return (WeightSource(location, note=f"given as {places[0]}", **digest),)
+    if places[0] == "url":
+        return (WeightSource(overlay["url"], git_blob=overlay.get("git_blob"), **digest),)
+    return (
+        WeightSource(f"hf-hub:{overlay['hf_hub_id']}", filename=overlay.get("hf_hub_filename"), **digest),
+    )
+
+
 def create_model(
     name: str,
     pretrained: bool = True,
@@ -880,7 +923,10 @@ def create_model(
 
     ``overrides`` replace head arguments (``n_classes``, ``n_hid``, …), ``backbone``, ``labels`` or
     ``padding``; with ``pretrained=True`` head arguments that change parameter shapes are refused
-    (the weights would not fit). Returns a :class:`heinsen_zoo.model.RoutingClassifier` for
+    (the weights would not fit). As in timm, ``checkpoint_path=PATH`` (a weight file or an export
+    directory) or ``pretrained_cfg_overlay=dict(file=PATH)`` (or ``url=…`` with ``git_blob``/``sha256``,
+    or ``hf_hub_id=OWNER/REPO``) loads the weights from there instead of the entry's sources (strictly;
+    ``sha256=`` in the overlay is verified). Returns a :class:`heinsen_zoo.model.RoutingClassifier` for
     ``routing_head`` entries, a 2019 capsule classifier otherwise. The entry's metadata is attached as
     ``model.pretrained_cfg`` (a plain dict: name, preprocessing, labels, metric, weights file, sha256).
 
@@ -892,6 +938,11 @@ def create_model(
     from heinsen_zoo.zoo import hub
 
     entry = get_entry(name)
+    weights_override = _weights_override(
+        entry.name, overrides.pop("checkpoint_path", None), overrides.pop("pretrained_cfg_overlay", None)
+    )
+    if weights_override is not None:
+        pretrained = True
     head = dict(entry.head)
     changed = {}
     for key in list(overrides):
@@ -906,7 +957,7 @@ def create_model(
             f"create_model({entry.name!r}): unknown overrides {unknown}; expected head arguments "
             f"{list(head)} or backbone/labels/padding"
         )
-    if pretrained and changed:
+    if pretrained and changed and weights_override is None:  # given weights may fit a changed head
         raise IncompatibleConfigError(
             f"create_model({entry.name!r}, pretrained=True): cannot override {changed} — the published weights "
             f"have {', '.join(f'{k}={entry.head[k]}' for k in changed)}; use pretrained=False (or fine-tune)"
@@ -925,6 +976,7 @@ def create_model(
         backbone=overrides.get("backbone", entry.backbone),
         labels=tuple(labels) if labels is not None else None,
         padding=overrides.get("padding", entry.padding),
+        weights=weights_override if weights_override is not None else entry.weights,
     )
     if not pretrained:
         model = hub.build_model(
