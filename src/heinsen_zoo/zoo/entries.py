@@ -2,12 +2,14 @@
 
 Weights and where they come from:
 
-* 2022 heads (``routing_*_heinsen2022``): the author published the trained heads' state dicts with
-  the paper's reference code (github.com/glassroom/heinsen_routing). This project has verified
-  neither a download URL nor a digest for them, so none is claimed here: put each file (or an
-  export directory made from it with ``heinsen-zoo convert original``) at
-  ``$HEINSEN_2022_DIR/<file>`` or ``<zoo home>/checkpoints/heinsen2022/<file>`` under the file name
-  given below. Their digest is recorded on first use (``<cache>/sha256.lock``) and verified afterwards.
+* 2022 heads (``routing_*_heinsen2022``): the author published the trained heads' plain state dicts
+  in github.com/glassroom/heinsen_routing_2022_paper (folder ``checkpoints/``). Each entry carries the
+  raw URL at a pinned commit (:data:`HEINSEN_2022_COMMIT`) and the file's git blob id (SPEC §5):
+  ``create_model(name, pretrained=True)`` downloads it once into the zoo cache (not when offline),
+  verifies the blob id, converts it to an export (:mod:`heinsen_zoo.zoo.download`) and loads it
+  strictly. Local copies win: ``$HEINSEN_2022_DIR/<file>`` or ``<zoo home>/checkpoints/heinsen2022/<file>``
+  (an export directory or the ``.pt`` named below, or the upstream file name), their digest recorded
+  on first use (``<cache>/sha256.lock``) and verified afterwards.
 * 2019 capsule models: the published state dicts in ``$HEINSEN_2019_DIR`` or
   ``<repo>/../shared/checkpoints/heinsen2019``, verified against the digests published with them.
 * ``routing_minilm_l6.bbc_news_demo``: produced on this machine by ``make demo`` into ``runs/demo/export``.
@@ -39,7 +41,14 @@ from heinsen_zoo.zoo.registry import (
     register_model,
 )
 
-__all__ = ["register_builtin_entries", "HEINSEN_2019_SHA256", "HEINSEN_2022_FILES"]
+__all__ = [
+    "register_builtin_entries",
+    "HEINSEN_2019_SHA256",
+    "HEINSEN_2022_COMMIT",
+    "HEINSEN_2022_FILES",
+    "HEINSEN_2022_PUBLISHED",
+    "url_2022",
+]
 
 PAPER_2022 = "Heinsen, F. A. (2022). An Algorithm for Routing Vectors in Sequences. arXiv:2211.11754"
 PAPER_2019 = "Heinsen, F. A. (2019). An Algorithm for Routing Capsules in All Domains. arXiv:1911.00792"
@@ -60,6 +69,39 @@ HEINSEN_2022_FILES = {
     "sst5r": "roberta_large_sst5r_head",
     "sst2r": "roberta_large_sst2r_head",
 }
+
+# The published files (SPEC §5): upstream file name and git blob id (SHA-1 of b"blob <size>\0" + content).
+HEINSEN_2022_COMMIT = "5fc88058d3a3d6e04e244451f5f056ee3255f76c"
+HEINSEN_2022_PUBLISHED = {
+    "in1k": (
+        "pretrained_imagenet-1k_head_for_microsoft-beit-large-patch16-224.state_dict",
+        "da9b940e10681b7211a0b1bbbbfeba95981d6320",
+    ),
+    "cifar10": (
+        "pretrained_cifar10_head_for_microsoft-beit-large-patch16-224.state_dict",
+        "017b7a25f8a9a29458a7f181fe8ced9b69628367",
+    ),
+    "cifar100": (
+        "pretrained_cifar100_head_for_microsoft-beit-large-patch16-224.state_dict",
+        "57b7bafc209afc4ea5f0a28ee40e4ce4f5a8ca43",
+    ),
+    "imdb": ("pretrained_imdb_head_for_roberta-large.state_dict", "32e64047ab2421428ceea06e9446596f025d57e5"),
+    "sst5r": (
+        "pretrained_sst5_head_for_roberta-large.state_dict",
+        "6233dd0c574a134202e5d80b6f6314836def1ed6",
+    ),
+    "sst2r": (
+        "pretrained_sst2_head_for_roberta-large.state_dict",
+        "d158b83a7260ed5d61dcc092e6607c350d673166",
+    ),
+}
+
+
+def url_2022(key: str) -> str:
+    """The raw download URL of a published 2022 head at the pinned commit."""
+    filename = HEINSEN_2022_PUBLISHED[key][0]
+    return f"https://github.com/glassroom/heinsen_routing_2022_paper/raw/{HEINSEN_2022_COMMIT}/checkpoints/{filename}"
+
 
 BEIT_LARGE = {
     "source": "hf",
@@ -112,27 +154,31 @@ def _roberta(cleanup: tuple[str, ...], **extra) -> Preprocessing:
 
 def _sources_2022(key: str) -> tuple[WeightSource, ...]:
     stem = HEINSEN_2022_FILES[key]
-    note = (
-        "published by the author with the paper's reference code (github.com/glassroom/heinsen_routing); "
-        "no verified URL or digest is known to this project"
-    )
+    upstream, blob = HEINSEN_2022_PUBLISHED[key]
+    note = "a local copy of the author's published head state dict"
     return (
         WeightSource(
             f"env:HEINSEN_2022_DIR/{stem}", note="an export directory (heinsen-zoo convert original)"
         ),
         WeightSource(f"env:HEINSEN_2022_DIR/{stem}.pt", note=note),
+        WeightSource(f"env:HEINSEN_2022_DIR/{upstream}", note=note + " (upstream file name)"),
         WeightSource(f"local-dir:checkpoints/heinsen2022/{stem}"),
         WeightSource(f"local-dir:checkpoints/heinsen2022/{stem}.pt", note=note),
+        WeightSource(
+            url_2022(key),
+            git_blob=blob,
+            note=f"published upstream at commit {HEINSEN_2022_COMMIT[:12]}; downloaded once, verified by git blob id",
+        ),
     )
 
 
 def _missing_2022(key: str) -> str:
     stem = HEINSEN_2022_FILES[key]
+    upstream, blob = HEINSEN_2022_PUBLISHED[key]
     return (
-        f"Download the author's published head state dict for this task (see the README of "
-        f"github.com/glassroom/heinsen_routing), save it as {stem}.pt in a folder and set HEINSEN_2022_DIR to "
-        f"that folder (or put it in <zoo home>/checkpoints/heinsen2022/); it is converted on load. Its sha256 "
-        f"is recorded on first use."
+        f"Downloads are disabled or failed. On a connected machine run `python -m heinsen_zoo.zoo.download "
+        f"<name>` (it fetches {url_2022(key)}, checks git blob id {blob} and converts it), then copy the zoo "
+        f"cache; or save that file (as {upstream} or {stem}.pt) in a folder and set HEINSEN_2022_DIR to it."
     )
 
 
