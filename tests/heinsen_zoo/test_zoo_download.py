@@ -232,3 +232,16 @@ def test_checkpoint_path_and_pretrained_cfg_overlay(entry, tmp_path):
     torch.save(small, tmp_path / "two.pt")
     two = registry.create_model(NAME, n_classes=2, labels=["x", "y"], checkpoint_path=tmp_path / "two.pt")
     assert two.head.n_classes == 2
+
+
+def test_local_copy_of_a_published_file_is_checked_against_its_blob_id(entry, tmp_path):
+    path, state, blob = published_head(tmp_path)
+    register_entry([{"location": str(path), "git_blob": blob}])
+    model = registry.create_model(NAME, pretrained=True)
+    assert torch.equal(model.head.W, state["W"])
+    data = bytearray(path.read_bytes())
+    data[-50] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(download.BlobMismatchError, match="not the published file"):
+        registry.create_model(NAME, pretrained=True)
+    assert path.is_file()  # a user's own file is reported, never deleted

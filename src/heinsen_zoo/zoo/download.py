@@ -53,6 +53,7 @@ __all__ = [
     "fetch_published",
     "git_blob_id",
     "main",
+    "verify_git_blob",
 ]
 
 MAX_DOWNLOAD_BYTES = 2 << 30  # 2 GiB: far above any head (a 2022 head is ~25 MB), far below a full disk
@@ -67,16 +68,25 @@ class DownloadError(ZooError, OSError):
 class BlobMismatchError(ChecksumMismatchError):
     """A downloaded file whose git blob id differs from the published one (the file was deleted)."""
 
-    def __init__(self, url: str, expected: str, actual: str, sha256: str) -> None:
+    def __init__(
+        self, url: str, expected: str, actual: str, sha256: str, local: bool = False, where: str = ""
+    ) -> None:
         self.url, self.expected, self.actual, self.sha256 = url, expected, actual, sha256
         self.path = Path(urllib.parse.urlparse(url).path)
         self.origin = "the registry entry"
-        Exception.__init__(
-            self,
-            f"downloaded file from {url} has git blob id {actual} but the published id is {expected} "
-            f"(its sha256 was {sha256}); the file was corrupted in transit or is not the published one, "
-            "so it was deleted and nothing was loaded",
-        )
+        if local:
+            message = (
+                f"{url} has git blob id {actual} but the published id is {expected}{where} (its sha256 is "
+                f"{sha256}); it is corrupt, truncated or not the published file: nothing was loaded. Replace it "
+                "with the original (check with `git hash-object FILE`)"
+            )
+        else:
+            message = (
+                f"downloaded file from {url} has git blob id {actual} but the published id is {expected} "
+                f"(its sha256 was {sha256}); the file was corrupted in transit or is not the published one, "
+                "so it was deleted and nothing was loaded"
+            )
+        Exception.__init__(self, message)
 
 
 def normalize_blob_id(blob: str) -> str:
@@ -167,6 +177,16 @@ def download_verified(
     elif expected is not None:
         _check_blob(target, url, expected)
     return target
+
+
+def verify_git_blob(path: str | os.PathLike, expected: str, origin: str = "") -> str:
+    """Raise :class:`BlobMismatchError` unless the file's git blob id is ``expected`` (the file is kept)."""
+    expected = normalize_blob_id(expected)
+    actual = git_blob_id(path)
+    if actual != expected:
+        where = f" (published id from {origin})" if origin else ""
+        raise BlobMismatchError(str(path), expected, actual, sha256_file(path), local=True, where=where)
+    return actual
 
 
 def _check_blob(path: Path, url: str, expected: str) -> None:

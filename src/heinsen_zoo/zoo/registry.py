@@ -506,6 +506,16 @@ class ModelEntry:
 
 
 def _integrity_text(source: WeightSource, lock: Path) -> str:
+    if source.git_blob:
+        how = (
+            "on download, then converted to an export whose sha256"
+            if source.kind == "url"
+            else "on first use; its sha256"
+        )
+        return (
+            f"git blob id {source.git_blob} (published upstream) verified {how} is recorded in {lock} and "
+            "verified on every later load"
+        )
     if source.sha256:
         return f"sha256 {source.sha256} (published; verified on every load)"
     if source.trust_on_first_use:
@@ -852,6 +862,10 @@ def _check_integrity(
     entry: ModelEntry, source: WeightSource, path: Path, cache: str | os.PathLike | None
 ) -> LocatedWeights:
     target = path / "model.safetensors" if path.is_dir() else path
+    if source.git_blob and source.kind != "url" and target.is_file():  # a local copy of a published file
+        from heinsen_zoo.zoo.download import verify_git_blob
+
+        verify_git_blob(target, source.git_blob, origin=f"registry entry {entry.name}")
     if source.sha256:
         digest = checksums.verify(target, source.sha256, origin=f"registry entry {entry.name}")
         return LocatedWeights(path, source, digest, "published")
