@@ -8,8 +8,9 @@ Weights and where they come from:
   ``create_model(name, pretrained=True)`` downloads it once into the zoo cache (not when offline),
   verifies the blob id, converts it to an export (:mod:`heinsen_zoo.zoo.download`) and loads it
   strictly. Local copies win: ``$HEINSEN_2022_DIR/<file>`` or ``<zoo home>/checkpoints/heinsen2022/<file>``
-  (an export directory or the ``.pt`` named below, or the upstream file name), their digest recorded
-  on first use (``<cache>/sha256.lock``) and verified afterwards.
+  (an export directory, the ``.pt`` named below, or the upstream file name — that one must be the
+  published file and is checked against the blob id), their sha256 recorded on first use
+  (``<cache>/sha256.lock``) and verified afterwards.
 * 2019 capsule models: the published state dicts in ``$HEINSEN_2019_DIR`` or
   ``<repo>/../shared/checkpoints/heinsen2019``, verified against the digests published with them.
 * ``routing_minilm_l6.bbc_news_demo``: produced on this machine by ``make demo`` into ``runs/demo/export``.
@@ -161,7 +162,7 @@ def _sources_2022(key: str) -> tuple[WeightSource, ...]:
             f"env:HEINSEN_2022_DIR/{stem}", note="an export directory (heinsen-zoo convert original)"
         ),
         WeightSource(f"env:HEINSEN_2022_DIR/{stem}.pt", note=note),
-        WeightSource(f"env:HEINSEN_2022_DIR/{upstream}", note=note + " (upstream file name)"),
+        WeightSource(f"env:HEINSEN_2022_DIR/{upstream}", note=note + " (upstream file name)", git_blob=blob),
         WeightSource(f"local-dir:checkpoints/heinsen2022/{stem}"),
         WeightSource(f"local-dir:checkpoints/heinsen2022/{stem}.pt", note=note),
         WeightSource(
