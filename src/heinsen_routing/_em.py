@@ -26,7 +26,7 @@ from .masks import (
     unpadded_counts,
     zero_padding,
 )
-from .validation import check_dim, check_floating, check_like, check_nonempty, check_rank
+from .validation import autocast_enabled, check_dim, check_floating, check_like, check_nonempty, check_rank
 
 DICT_KEYS = ("a_inp", "V", "pred_x_inp", "S", "R", "D_use", "D_ign", "phi", "x_out")
 
@@ -110,8 +110,9 @@ def prepare_inputs(
     check_nonempty("x", x, -2, "input vector (n >= 1)")
     if n_inp > 0:
         check_dim("x", x, -2, n_inp, "n (number of input vectors, the layer's n_inp)", layout)
-    under_autocast = torch.is_autocast_enabled(x.device.type)
-    check_like("x", x, "the layer's parameters", ref, dtype=not under_autocast)
+    check_like("x", x, "the layer's parameters", ref, dtype=False)  # device first (meta has no autocast)
+    if not autocast_enabled(x.device.type):
+        check_like("x", x, "the layer's parameters", ref)
     if mask is not None:
         mask = check_routing_mask(mask, x, n_out)
     n_unpadded = None

@@ -40,21 +40,33 @@ Memory, in elements, beyond the inputs, the parameters and their gradients::
 
     saved     = (T−1)·B·n·m  [+ 2·B·n·m for Linear betas]  + (2T−1)·B·m·d + T·B·m
     backward  + 2·B·n·m for Linear betas when T ≥ 2 (the dβ sum)
-              [+ B·n·d for dx and 2·(T−1)·B·n·m for its left factors, when x needs a gradient]
+              [+ B·n·d for dx and ((2T−1)·m + 2m)·B·n for its left factors, when x needs a gradient]
               + ~12 · rows · m per-block temporaries
 
 (plain autograd keeps ~6·T·B·n·m, plus B·n·d for xs, and 2·B·n·m for Linear betas).
 
 Threads: on CPU the element-wise block work runs with one intra-op thread and only the matmuls (and the
-small ops) use all of torch's threads (see :data:`SERIAL_ELEMENTWISE`); the thread count is restored on
-exit, also on errors.
+small ops) use all of torch's threads (see ``_chain.SERIAL_ELEMENTWISE``); the thread count is restored
+on exit, also on errors.
+
+Autocast: under ``torch.autocast`` the n-sized products (``x Wbᵀ``, ``x Pᵀ``, ``φᵀx`` and their backward
+products) run in the autocast dtype (bf16/fp16; x is cast once, the saved logits and betas are kept in
+it), while the element-wise ``[n, n_out]`` chain, the accumulators ``A_t``, ``s_t``, the gradients and the
+small ``[n_out, ·]`` ops run in float32 (the widest dtype of the floating inputs). Measured against the
+float32 result: outputs within ~1e-2, gradients within ~4e-2 of their largest magnitude, as plain
+autograd under the same autocast (tests/heinsen_routing/test_fused.py). Without autocast everything runs
+in the widest floating input dtype.
+
+GPU: on CUDA, for Linear betas without a mask and W_S/B_S shared by all inputs (``n_inp = -1``), the
+element-wise chain of each block is one Triton kernel per direction (:mod:`._triton_chain`, see
+:data:`TRITON_DEVICES`); the products stay cuBLAS calls. Elsewhere the torch chain runs.
 
 Numerics: the same operations as SPEC §1 in another summation order (blocks) and with
 ``β_use·D_use − β_ign·D_ign`` regrouped as ``f_a·((β_use+β_ign)·R − β_ign)``; outputs and gradients match
-plain autograd to rounding (float64 ~1e-12, float32 ~1e-6 relative). Under ``torch.autocast`` the
-routing runs with autocast disabled in the widest dtype among its floating inputs (parameters are
-usually float32), so results are close to float32. Under ``torch.compile`` the call is a graph break
-(runs eagerly). Double backward is not supported.
+plain autograd to rounding (float64 ~1e-12, float32 ~1e-6 relative). An empty batch (``[0, n, d]``)
+gives an empty output; meta tensors give meta outputs (shape inference). Under ``torch.compile`` the call
+is a graph break (runs eagerly; :class:`~heinsen_routing.EfficientVectorRouting` takes its plain path
+while compiling instead). Double backward is not supported.
 
 Example:
     >>> import torch
@@ -71,236 +83,66 @@ Example:
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .validation import check_bool_mask, check_broadcastable, check_floating, check_rank
+from . import _triton_chain as _tri
+from ._chain import (
+    _add_blk,
+    _baddbmm_as,
+    _blk,
+    _blocks,
+    _BlockState,
+    _bmm_into,
+    _mul_,
+    _norm,
+    _pred,
+    _with_threads,
+    _x_out,
+    default_chunk_rows,
+)
+from .validation import autocast_enabled, check_bool_mask, check_broadcastable, check_floating, check_rank
 
 __all__ = ["fused_em_routing", "default_chunk_rows"]
 
-# Target size of one [rows, n_out] block temporary. Measured on 2 shared CPU cores: blocks of a few
-# thousand rows lose up to 2x to per-op threading overhead under load; ~8 MiB blocks (~20k rows for
-# n_out = 100) keep per-op overhead negligible while temporaries stay ~100 MiB in all.
-_TARGET_BLOCK_BYTES = 8 << 20
-_MIN_ROWS = 1024
-_MAX_ROWS = 1 << 16
+# Devices whose calls run the element-wise chain in the Triton kernels of _triton_chain (where supported).
+# Tests running Triton's interpreter (TRITON_INTERPRET=1) add "cpu".
+TRITON_DEVICES: tuple[str, ...] = ("cuda",)
 
 
-def default_chunk_rows(n_out: int, element_size: int = 4) -> int:
-    """Rows (input vectors, summed over samples) per block when ``chunk_size`` is None."""
-    rows = _TARGET_BLOCK_BYTES // max(1, n_out * element_size)
-    return int(min(_MAX_ROWS, max(_MIN_ROWS, rows)))
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` (a no-op context on device types without autocast, e.g. meta)."""
+    if not autocast_enabled(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _blocks(batch: int, n: int, rows: int) -> list[tuple[slice, slice]]:
-    """Blocks of at most ``rows`` (sample, input) rows: whole samples if a sample fits, else row ranges
-    of one sample. Each block of a contiguous [B, n, d] tensor is itself contiguous."""
-    if rows >= n:
-        per = max(1, rows // n)
-        per = -(-batch // -(-batch // per))  # same block count, sizes as even as possible
-        return [(slice(b0, min(batch, b0 + per)), slice(0, n)) for b0 in range(0, batch, per)]
-    rows = -(-n // -(-n // rows))
-    return [(slice(b, b + 1), slice(i0, min(n, i0 + rows))) for b in range(batch) for i0 in range(0, n, rows)]
-
-
-def _blk(t: Tensor | None, bs: slice, is_: slice) -> Tensor | None:
-    """Block of a canonical [Bb, nb, mb] tensor (dims of size 1 broadcast)."""
-    if t is None:
-        return None
-    return t[bs if t.shape[0] > 1 else slice(None), is_ if t.shape[1] > 1 else slice(None)]
-
-
-def _add_blk(buf: Tensor, bs: slice, is_: slice, grad: Tensor) -> None:
-    """Accumulate a block gradient into the canonical [Bb, nb, mb] gradient buffer."""
-    view = _blk(buf, bs, is_)
-    view += grad.sum_to_size(view.shape)
-
-
-def _norm(t: Tensor) -> Tensor:
-    """N: layer norm over the last dim without affine parameters (eps 1e-5); identity if that dim is 1."""
-    return F.layer_norm(t, t.shape[-1:], eps=1e-5) if t.shape[-1] > 1 else t
-
-
-def _x_out(A: Tensor, s: Tensor, scale: float | Tensor, W_F1: Tensor, W_F2: Tensor, B_F2: Tensor) -> Tensor:
-    """x_out [B, m, h] from A = Σ_i φ·x [B, m, d] and s = Σ_i φ [B, m]."""
-    return (A * scale * W_F1) @ W_F2 + s.unsqueeze(-1) * B_F2
-
-
-def _pred(x_out: Tensor, W_G1: Tensor, W_G2: Tensor, B_G2: Tensor) -> Tensor:
-    """Predicted inputs P [B, m, d] from x_out [B, m, h]."""
-    return _norm(x_out) @ W_G1 * W_G2 + B_G2
-
-
-# R = softmax_j(logσ(Z)) equals σ(Z) / Σ_j σ(Z); the latter is used on CPU (3 cheap passes instead of
-# logsigmoid + softmax) unless a row's Σ_j σ(Z) is below finfo.tiny / finfo.eps (all σ(Z) underflowing),
-# in which case the block falls back to the log-space softmax. Other devices always use the log-space
-# form (no host synchronisation per block).
-_RATIO_SOFTMAX_DEVICES = ("cpu",)
-
-
-class _BlockState:
-    """Element-wise quantities of one block at one iteration (recomputed identically in backward)."""
-
-    __slots__ = ("sig", "keep", "fa", "bsum", "bi", "R", "sig_z", "coef")
-
-    def __init__(
-        self,
-        a_blk: Tensor,  # [Bc, c]
-        mask_blk: Tensor | None,  # bool [Bm, c, m] (expanded over m)
-        bsum: Tensor,  # β_use + β_ign, [.., c?, m?]
-        bi: Tensor,  # β_ign
-        L: Tensor | None,  # [Bc, c, m] logits x @ P^T (t > 0)
-        W_S: Tensor | None,
-        B_S: Tensor | None,
-        n_out: int,
-    ) -> None:
-        self.sig = torch.sigmoid(a_blk).unsqueeze(-1)  # [Bc, c, 1]
-        self.keep = None if mask_blk is None else (~mask_blk).to(self.sig.dtype)  # [Bm, c, m]
-        self.fa = self.sig if self.keep is None else self.sig * self.keep  # f_a: [Bc, c, 1 or m]
-        self.bsum, self.bi = bsum, bi
-        self.sig_z = None  # σ(Z) (0 at masked entries), t > 0
-        if L is None:  # t = 0: uniform over the unmasked outputs
-            if self.keep is None:
-                self.R = 1.0 / n_out
-            else:
-                self.R = self.keep / self.keep.sum(-1, keepdim=True).clamp(min=1.0)
-        else:
-            self.R = self._routing(L, W_S, B_S, mask_blk)
-        coef = torch.mul(bsum, self.R)
-        self.coef = _sub_(coef, bi)  # (β_use+β_ign)·R − β_ign, so that φ = f_a·coef
-
-    def _routing(self, L: Tensor, W_S: Tensor, B_S: Tensor, mask_blk: Tensor | None) -> Tensor:
-        """R = softmax_j(logσ(L·W_S + B_S)) over the unmasked j (rows masked for every j: 0)."""
-        Z = torch.addcmul(B_S, L, W_S)  # [Bc, c, m]
-        if L.device.type in _RATIO_SOFTMAX_DEVICES:
-            sig_z = Z.sigmoid_()
-            if self.keep is not None:
-                sig_z.mul_(self.keep)
-            total = sig_z.sum(-1, keepdim=True)  # [Bc, c, 1]
-            tiny = torch.finfo(total.dtype).tiny / torch.finfo(total.dtype).eps
-            low = total < tiny
-            if mask_blk is not None:
-                low &= ~mask_blk.all(-1, keepdim=True)
-            if not bool(low.any()):
-                self.sig_z = sig_z
-                return sig_z / total.clamp_(min=tiny)
-            Z = torch.addcmul(B_S, L, W_S)
-        S = F.logsigmoid(Z)
-        if mask_blk is not None:
-            fill = mask_blk & ~mask_blk.all(-1, keepdim=True)  # rows masked everywhere stay finite
-            S = S.masked_fill_(fill, float("-inf"))
-        R = torch.softmax(S, dim=-1)
-        self.sig_z = Z.sigmoid_()
-        if mask_blk is not None:
-            R.masked_fill_(mask_blk, 0.0)
-            self.sig_z.mul_(self.keep)
-        return R
-
-    def phi(self, rows_shape: tuple[int, int, int], inplace: bool = False) -> Tensor:
-        """φ [Bc, c, m] = f_a·coef (``inplace``: overwrite coef when shapes allow)."""
-        phi = _mul_(self.coef, self.fa) if inplace else self.coef * self.fa
-        if phi.shape != rows_shape:
-            phi = phi.expand(rows_shape).contiguous()
-        return phi
-
-
-def _fits(t: Tensor, other: Tensor | float) -> bool:
-    """True when an in-place op of ``t`` with ``other`` keeps t's shape."""
-    return not isinstance(other, Tensor) or torch.broadcast_shapes(t.shape, other.shape) == t.shape
-
-
-def _mul_(t: Tensor, other: Tensor | float) -> Tensor:
-    return t.mul_(other) if _fits(t, other) else t * other
-
-
-def _sub_(t: Tensor, other: Tensor) -> Tensor:
-    return t.sub_(other) if _fits(t, other) else t - other
-
-
-# On CPU the element-wise block work runs with one intra-op thread and only the matmuls use all of
-# torch's threads: on a loaded machine every multi-threaded element-wise op on a block waits for a
-# scheduler slice (~4-8 ms measured on 2 shared cores), which made blocked element-wise chains several
-# times slower; on an idle machine it costs a few percent. Set to False to keep torch's thread count.
-SERIAL_ELEMENTWISE = True
-
-
-class _Threads:
-    """Context: one intra-op thread inside (element-wise work); ``par()`` restores all threads (matmuls)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.n = torch.get_num_threads()
-        self.on = SERIAL_ELEMENTWISE and device.type == "cpu" and self.n > 1
-
-    def __enter__(self) -> _Threads:
-        if self.on:
-            torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.on:
-            torch.set_num_threads(self.n)
-
-    def par(self) -> _Parallel:
-        return _Parallel(self)
-
-
-class _Parallel:
-    def __init__(self, threads: _Threads) -> None:
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        if self.threads.on:
-            torch.set_num_threads(self.threads.n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.threads.on:
-            torch.set_num_threads(1)
-
-
-def _with_threads(fn):
-    """Run a Function's forward/backward inside :class:`_Threads` (available as ``ctx.threads``)."""
-
-    @functools.wraps(fn)
-    def wrapper(ctx, first: Tensor, *args):
-        device = first.device if isinstance(first, Tensor) else torch.device("cpu")
-        with _Threads(device) as threads:
-            ctx.threads = threads
-            return fn(ctx, first, *args)
-
-    return wrapper
-
-
-def _bmm_into(out: Tensor, a: Tensor, b: Tensor, accumulate: bool = True) -> None:
-    """out += a @ b (or out = a @ b) for [Bc, ., .] operands (a plain matmul when Bc == 1)."""
-    if out.shape[0] == 1:
-        if accumulate:
-            out[0].addmm_(a[0], b[0])
-        else:
-            torch.mm(a[0], b[0], out=out[0])
-    elif accumulate:
-        out.baddbmm_(a, b)
-    else:
-        torch.bmm(a, b, out=out)
+def _dx_columns(t: int, n_iters: int, m: int) -> tuple[int, int]:
+    """Column offsets of φ_t and dL_t in the dx left factor [φ_T−1, dL_T−1, …, φ_1, dL_1, φ_0 (, dβ)]."""
+    phi = (n_iters - 1 - t) * 2 * m
+    return phi, phi + m
 
 
 class _FusedEMRouting(torch.autograd.Function):
     """The whole E/D/M loop; betas enter as (β_use + β_ign, β_ign): fixed tensors ``bu``/``bi`` (summed per
-    block) or one stacked Linear ``x @ Wb.T + bb`` whose outputs are ``[β_use + β_ign | β_ign]``."""
+    block) or one stacked Linear ``x @ Wb.T + bb`` whose outputs are ``[β_use + β_ign | β_ign]``.
+
+    Dtypes: the n-sized products run in x's dtype (``cdt``: the autocast dtype under autocast), everything
+    element-wise, the accumulators A_t, s_t and the small ops in a's dtype (``edt``, float32 under autocast)."""
 
     @staticmethod
     @_with_threads
     def forward(  # type: ignore[override]
         ctx,
-        x: Tensor,  # [B, n, d] contiguous
-        a: Tensor,  # [B, n]
+        x: Tensor,  # [B, n, d] contiguous, product dtype
+        a: Tensor,  # [B, n], element-wise dtype
         bu: Tensor | None,  # [Bb, nb, mb] (fixed betas) or None
         bi: Tensor | None,
-        Wb: Tensor | None,  # [2m, d] = [W_use + W_ign; W_ign] (Linear betas) or None
-        bb: Tensor | None,  # [2m] or None
+        Wb: Tensor | None,  # [2m, d] = [W_use + W_ign; W_ign] (Linear betas, product dtype) or None
+        bb: Tensor | None,  # [2m] or None (product dtype)
         W_F1: Tensor,
         W_F2: Tensor,
         B_F2: Tensor,
@@ -315,9 +157,11 @@ class _FusedEMRouting(torch.autograd.Function):
         normalize: bool,
         rows: int,
         for_backward: bool,  # False: nothing will call backward (no grad), keep no logits
+        tri: bool,  # element-wise chain in the Triton kernels (see _triton_chain.supported)
     ) -> Tensor:
         B, n, d = x.shape
         m = W_F1.shape[0]
+        edt = a.dtype
         par = ctx.threads.par
         blocks = _blocks(B, n, rows)
         linear = Wb is not None
@@ -327,51 +171,52 @@ class _FusedEMRouting(torch.autograd.Function):
         ss: list[Tensor] = []
         Ps: list[Tensor | None] = [None]
         x_out = None
-        for t in range(n_iters):
-            A = x.new_zeros(B, m, d)
-            s = x.new_zeros(B, m)
-            P = Ps[t]
-            L_t: list[Tensor] = []
-            for k, (bs, is_) in enumerate(blocks):
-                xb = x[bs, is_]  # [Bc, c, d]
-                Bc, c = xb.shape[0], xb.shape[1]
-                if linear:
-                    if t == 0:
+        with _no_autocast(x.device):
+            for t in range(n_iters):
+                A = x.new_zeros(B, m, d, dtype=edt)
+                s = x.new_zeros(B, m, dtype=edt)
+                P = Ps[t]
+                P_c = None if P is None else P.to(x.dtype).transpose(1, 2)  # [B, d, m] in the product dtype
+                L_t: list[Tensor] = []
+                for k, (bs, is_) in enumerate(blocks):
+                    xb = x[bs, is_]  # [Bc, c, d]
+                    Bc, c = xb.shape[0], xb.shape[1]
+                    if linear and t == 0:
                         flat = xb.reshape(Bc * c, d)
                         with par():
                             beta = flat @ Wb.t() if bb is None else torch.addmm(bb, flat, Wb.t())
                         beta_blocks.append(beta.view(Bc, c, 2 * m))
-                    bsum, bib = beta_blocks[k][..., :m], beta_blocks[k][..., m:]
-                else:
-                    bib = _blk(bi, bs, is_)
-                    bsum = _blk(bu, bs, is_) + bib
-                L = None
-                if P is not None:
-                    L = xb.new_empty(Bc, c, m)
+                    L = None
+                    if P_c is not None:
+                        L = xb.new_empty(Bc, c, m)
+                        with par():
+                            torch.bmm(xb, P_c[bs], out=L)  # [Bc, c, m]
+                        if for_backward:
+                            L_t.append(L)
+                    if tri:
+                        phi = _tri.phi_forward(a[bs, is_], L, beta_blocks[k], W_S, B_S, x.dtype)
+                        s[bs] += phi.sum(1, dtype=edt)
+                    else:
+                        bsum, bib = _betas(linear, beta_blocks, k, bu, bi, bs, is_, m, edt)
+                        st = _BlockState(a[bs, is_], _blk(mask, bs, is_), bsum, bib, L, _blk(W_S, bs, is_),
+                                         _blk(B_S, bs, is_), m)  # fmt: skip
+                        phi = st.phi((Bc, c, m), inplace=True)  # [Bc, c, m]
+                        s[bs] += phi.sum(1)
                     with par():
-                        torch.bmm(xb, P[bs].transpose(1, 2), out=L)  # [Bc, c, m]
-                    if for_backward:
-                        L_t.append(L)
-                st = _BlockState(
-                    a[bs, is_], _blk(mask, bs, is_), bsum, bib, L, _blk(W_S, bs, is_), _blk(B_S, bs, is_), m
-                )
-                phi = st.phi((Bc, c, m), inplace=True)  # [Bc, c, m]
+                        _bmm_into(A[bs], phi.transpose(1, 2), xb)
+                if t > 0:
+                    logits.append(L_t)
+                As.append(A)
+                ss.append(s)
                 with par():
-                    _bmm_into(A[bs], phi.transpose(1, 2), xb)
-                s[bs] += phi.sum(1)
-            if t > 0:
-                logits.append(L_t)
-            As.append(A)
-            ss.append(s)
+                    x_out = _x_out(A, s, scale, W_F1, W_F2, B_F2)  # [B, m, h]
+                    if t < n_iters - 1:
+                        Ps.append(_pred(x_out, W_G1, W_G2, B_G2))
             with par():
-                x_out = _x_out(A, s, scale, W_F1, W_F2, B_F2)  # [B, m, h]
-                if t < n_iters - 1:
-                    Ps.append(_pred(x_out, W_G1, W_G2, B_G2))
-        with par():
-            out = _norm(x_out) if normalize else x_out
+                out = _norm(x_out) if normalize else x_out
 
         ctx.save_for_backward(x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S, mask)
-        ctx.scale = scale
+        ctx.scale, ctx.tri = scale, tri
         ctx.n_iters, ctx.normalize, ctx.blocks = n_iters, normalize, blocks
         ctx.As, ctx.ss, ctx.Ps, ctx.logits, ctx.beta_blocks = As, ss, Ps, logits, beta_blocks
         return out
@@ -381,142 +226,198 @@ class _FusedEMRouting(torch.autograd.Function):
     @_with_threads
     def backward(ctx, g_out: Tensor):  # type: ignore[override]
         x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S, mask = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        need_x, need_a = needs[0], needs[1]
-        linear = Wb is not None
-        # dβ is needed for β's own gradients and, with Linear betas, for the dx term dβ @ Wb.
-        need_beta = (needs[4] or needs[5] or need_x) if linear else (needs[2] or needs[3])
-        need_WS, need_BS = needs[12], needs[13]
-        scale, T, blocks = ctx.scale, ctx.n_iters, ctx.blocks
-        par = ctx.threads.par
-        B, n, d = x.shape
-        m = W_F1.shape[0]
+        with _no_autocast(x.device):
+            grads = _backward(ctx, g_out.to(a.dtype), x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2,
+                              W_S, B_S, mask)  # fmt: skip
+        return (*grads, None, None, None, None, None, None, None)
 
-        gx = torch.empty_like(x) if need_x else None  # written once, at t = 0
-        ga = torch.zeros_like(a) if need_a else None
-        gbu = torch.zeros_like(bu) if (not linear and needs[2]) else None
-        gbi = torch.zeros_like(bi) if (not linear and needs[3]) else None
-        gWb = torch.zeros_like(Wb) if (linear and needs[4]) else None
-        gbb = torch.zeros_like(bb) if (linear and bb is not None and needs[5]) else None
-        gWS = torch.zeros_like(W_S) if need_WS else None
-        gBS = torch.zeros_like(B_S) if need_BS else None
-        dbeta_acc: list[Tensor | None] = [None] * len(blocks)  # Linear betas: Σ_t dβ per block, [Bc, c, 2m]
 
-        small = [W_F1, W_F2, B_F2, W_G1, W_G2, B_G2]
-        leaves = [p.detach().requires_grad_(True) for p in small]
-        g_small: list[Tensor | None] = [None] * 6
+def _betas(
+    linear: bool, beta_blocks: list[Tensor], k: int, bu: Tensor | None, bi: Tensor | None, bs: slice, is_: slice,
+    m: int, edt: torch.dtype,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(β_use + β_ign, β_ign) of block k in the element-wise dtype."""
+    if linear:
+        beta = beta_blocks[k]
+        return beta[..., :m].to(edt), beta[..., m:].to(edt)
+    bib = _blk(bi, bs, is_)
+    return _blk(bu, bs, is_) + bib, bib
 
-        def small_grads(t: int, upstream: Tensor, through_pred: bool) -> tuple[Tensor, Tensor]:
-            """Gradients w.r.t. A_t, s_t (and the small parameters) of x_out_t -> (P_{t+1} | output)."""
-            with torch.enable_grad(), par():
-                A_l = ctx.As[t].detach().requires_grad_(True)
-                s_l = ctx.ss[t].detach().requires_grad_(True)
-                y = _x_out(A_l, s_l, scale, *leaves[:3])
-                if through_pred:
-                    y = _pred(y, *leaves[3:])
-                    inputs = [A_l, s_l, *leaves]
-                else:
-                    y = _norm(y) if ctx.normalize else y
-                    inputs = [A_l, s_l, *leaves[:3]]
-                grads = torch.autograd.grad(y, inputs, upstream, allow_unused=True)
-            for i, g in enumerate(grads[2:]):
-                if g is not None:
-                    g_small[i] = g if g_small[i] is None else g_small[i] + g
-            return grads[0], grads[1]
 
-        # dx = Σ_t (φ_t @ gA_t + dL_t @ P_t) + dβ @ Wb: the left factors of t >= 1 are kept per block and
-        # all terms are one matmul at t = 0 (inner size (2T−1)·m, +2m for Linear betas).
-        dx_lhs: list[list[Tensor]] = [[] for _ in blocks]
-        dx_rhs: list[Tensor] = []
-        gA, gs = small_grads(T - 1, g_out, through_pred=False)
-        for t in reversed(range(T)):
-            P = ctx.Ps[t]
-            gP = torch.zeros_like(P) if P is not None else None
-            if need_x:
-                dx_rhs += [gA] if P is None else [gA, P]  # [B, m, d] each
-                if linear and t == 0:
-                    dx_rhs.append(Wb.unsqueeze(0).expand(B, -1, -1))  # [B, 2m, d]
-                if t == 0:
-                    rhs = torch.cat(dx_rhs, dim=1)  # [B, (2T-1)m (+2m), d]
-            gA_T = gA.transpose(1, 2)  # [B, d, m]
-            for k, (bs, is_) in enumerate(blocks):
-                xb = x[bs, is_]  # [Bc, c, d]
-                Bc, c = xb.shape[0], xb.shape[1]
+def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S, mask):
+    """Gradients of :class:`_FusedEMRouting` (see the module docstring), in the order of its inputs."""
+    needs = ctx.needs_input_grad
+    need_x, need_a = needs[0], needs[1]
+    linear = Wb is not None
+    # dβ is needed for β's own gradients and, with Linear betas, for the dx term dβ @ Wb.
+    need_beta = (needs[4] or needs[5] or need_x) if linear else (needs[2] or needs[3])
+    need_WS, need_BS = needs[12], needs[13]
+    scale, T, blocks, tri = ctx.scale, ctx.n_iters, ctx.blocks, ctx.tri
+    par = ctx.threads.par
+    B, n, d = x.shape
+    m = W_F1.shape[0]
+    edt, cdt = a.dtype, x.dtype
+
+    def zeros(t: Tensor) -> Tensor:  # fp32/edt accumulator, contiguous
+        return torch.zeros(t.shape, dtype=edt, device=t.device)
+
+    gx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None  # written at t = 0
+    ga = zeros(a) if need_a else None
+    gbu = zeros(bu) if (not linear and needs[2]) else None
+    gbi = zeros(bi) if (not linear and needs[3]) else None
+    gWb = zeros(Wb) if (linear and needs[4]) else None
+    gbb = zeros(bb) if (linear and bb is not None and needs[5]) else None
+    gWS = zeros(W_S) if need_WS else None
+    gBS = zeros(B_S) if need_BS else None
+    dbeta_acc: list[Tensor | None] = [None] * len(blocks)  # Linear betas: Σ_t dβ per block, [Bc, c, 2m] edt
+
+    small = [W_F1, W_F2, B_F2, W_G1, W_G2, B_G2]
+    leaves = [p.detach().requires_grad_(True) for p in small]
+    g_small: list[Tensor | None] = [None] * 6
+
+    def small_grads(t: int, upstream: Tensor, through_pred: bool) -> tuple[Tensor, Tensor]:
+        """Gradients w.r.t. A_t, s_t (and the small parameters) of x_out_t -> (P_{t+1} | output)."""
+        with torch.enable_grad(), par():
+            A_l = ctx.As[t].detach().requires_grad_(True)
+            s_l = ctx.ss[t].detach().requires_grad_(True)
+            y = _x_out(A_l, s_l, scale, *leaves[:3])
+            if through_pred:
+                y = _pred(y, *leaves[3:])
+                inputs = [A_l, s_l, *leaves]
+            else:
+                y = _norm(y) if ctx.normalize else y
+                inputs = [A_l, s_l, *leaves[:3]]
+            grads = torch.autograd.grad(y, inputs, upstream, allow_unused=True)
+        for i, g in enumerate(grads[2:]):
+            if g is not None:
+                g_small[i] = g if g_small[i] is None else g_small[i] + g
+        return grads[0], grads[1]
+
+    # dx = Σ_t (φ_t @ gA_t + dL_t @ P_t) + dβ @ Wb: the left factors are written per block into one
+    # [Bc, c, (2T−1)·m (+2m)] buffer (product dtype) and all terms are one matmul at t = 0.
+    n_cols = (2 * T - 1) * m + (2 * m if linear else 0)
+    dx_lhs: list[Tensor | None] = [None] * len(blocks)
+    dx_rhs: list[Tensor] = []
+    gA, gs = small_grads(T - 1, g_out, through_pred=False)
+    for t in reversed(range(T)):
+        P = ctx.Ps[t]
+        gP = zeros(P) if P is not None else None
+        if need_x:
+            dx_rhs += [gA] if P is None else [gA, P]  # [B, m, d] each
+            if t == 0:
                 if linear:
-                    bsum, bib = ctx.beta_blocks[k][..., :m], ctx.beta_blocks[k][..., m:]
-                else:
-                    bib = _blk(bi, bs, is_)
-                    bsum = _blk(bu, bs, is_) + bib
-                L = ctx.logits[t - 1][k] if t > 0 else None
+                    dx_rhs.append(Wb.unsqueeze(0).expand(B, -1, -1))  # [B, 2m, d]
+                rhs = torch.cat([r.to(cdt) for r in dx_rhs], dim=1)  # [B, n_cols, d]
+        gA_T = gA.transpose(1, 2).to(cdt)  # [B, d, m]
+        col_phi, col_dL = _dx_columns(t, T, m)
+        for k, (bs, is_) in enumerate(blocks):
+            xb = x[bs, is_]  # [Bc, c, d]
+            Bc, c = xb.shape[0], xb.shape[1]
+            L = ctx.logits[t - 1][k] if t > 0 else None
+            if need_x and dx_lhs[k] is None:
+                dx_lhs[k] = xb.new_empty(Bc, c, n_cols)
+            lhs = dx_lhs[k]
+            with par():
+                dphi = _baddbmm_as(gs[bs].unsqueeze(1), xb, gA_T[bs], edt)  # dφ [Bc, c, m]
+            if linear and need_beta and dbeta_acc[k] is None:
+                acc, acc_add = xb.new_empty(Bc, c, 2 * m, dtype=edt), False
+                dbeta_acc[k] = acc
+            elif linear and need_beta:
+                acc, acc_add = dbeta_acc[k], True
+            else:
+                acc, acc_add = None, False
+            if tri:
+                dL = lhs[..., col_dL : col_dL + m] if (need_x and L is not None) else None
+                if L is not None and dL is None:
+                    dL = xb.new_empty(Bc, c, m)
+                sums = _tri.chain_backward(
+                    dphi, a[bs, is_], ga[bs, is_] if need_a else None, L, ctx.beta_blocks[k], W_S, B_S, acc,
+                    acc_add, dL, lhs[..., col_phi:col_phi + m] if need_x else None,
+                )  # fmt: skip
+                if sums is not None:
+                    if need_WS:
+                        gWS += sums[0]
+                    if need_BS:
+                        gBS += sums[1]
+            else:
+                bsum, bib = _betas(linear, ctx.beta_blocks, k, bu, bi, bs, is_, m, edt)
                 WSb, BSb = _blk(W_S, bs, is_), _blk(B_S, bs, is_)
                 st = _BlockState(a[bs, is_], _blk(mask, bs, is_), bsum, bib, L, WSb, BSb, m)
-                with par():
-                    dphi = torch.baddbmm(gs[bs].unsqueeze(1), xb, gA_T[bs])  # dφ [Bc, c, m]
-                u = dphi * st.fa  # dφ·f_a
-                if need_a:
-                    dfa = dphi.mul_(st.coef)  # dφ is not needed any more
-                    if st.keep is not None:
-                        dfa.mul_(st.keep)
-                    ga[bs, is_] += dfa.sum(-1) * (st.sig * (1.0 - st.sig)).squeeze(-1)
-                # φ = f_a·(bsum·R − β_ign): d bsum = u·R, d β_ign (as a free variable) = −u, dR = u·bsum
-                lhs = dx_lhs[k]
+                dL = _chain_backward_torch(st, dphi, L, WSb, bs, is_, acc, acc_add, ga, gbu, gbi, gWS, gBS,
+                                           need_beta and not linear)  # fmt: skip
                 if need_x:
-                    lhs.append(st.phi((Bc, c, m)))
-                uR = None  # u·R
-                if need_beta and linear:
-                    acc = dbeta_acc[k]
-                    if acc is None:
-                        acc = xb.new_empty(Bc, c, 2 * m)
-                        uR = torch.mul(u, st.R, out=acc[..., :m])
-                        torch.neg(u, out=acc[..., m:])
-                        uR_owned = False  # a view of acc
-                    else:
-                        uR = u * st.R
-                        acc[..., :m] += uR
-                        acc[..., m:] -= u
-                        uR_owned = True
-                    dbeta_acc[k] = acc if t > 0 else None
-                elif need_beta:
-                    uR = u * st.R
-                    uR_owned = True
-                    if gbu is not None:
-                        _add_blk(gbu, bs, is_, uR)
-                    if gbi is not None:
-                        _add_blk(gbi, bs, is_, uR - u)
-                if L is not None:
-                    if uR is None:
-                        uR, uR_owned = u.mul_(st.R), True
-                    dRR = uR.mul_(st.bsum) if uR_owned else uR * st.bsum  # dR·R
-                    dS = dRR.addcmul_(st.R, dRR.sum(-1, keepdim=True), value=-1.0)  # R·(dR − Σ_j dR·R)
-                    dZ = dS.addcmul_(dS, st.sig_z, value=-1.0)  # dS·(1 − σ(Z)) [Bc, c, m]
-                    if need_WS:
-                        _add_blk(gWS, bs, is_, dZ * L)
-                    if need_BS:
-                        _add_blk(gBS, bs, is_, dZ)
-                    dL = _mul_(dZ, WSb)
+                    lhs[..., col_phi : col_phi + m].copy_(st.phi((Bc, c, m)))
+                    if dL is not None:
+                        lhs[..., col_dL : col_dL + m].copy_(dL)
+            if L is not None:
+                with par():
+                    _bmm_into(gP[bs], dL.transpose(1, 2), xb)
+            if linear and need_beta and t == 0:
+                flat = acc.view(1, Bc * c, 2 * m)
+                if gWb is not None:
                     with par():
-                        _bmm_into(gP[bs], dL.transpose(1, 2), xb)
-                    if need_x:
-                        lhs.append(dL)
-                if linear and need_beta and t == 0:
-                    flat = acc.view(Bc * c, 2 * m)
-                    if gWb is not None:
-                        with par():
-                            gWb.addmm_(flat.t(), xb.reshape(Bc * c, d))
-                    if gbb is not None:
-                        gbb += flat.sum(0)
-                    if need_x:
-                        lhs.append(acc)
-                if need_x and t == 0:
-                    lhs_t = lhs[0] if len(lhs) == 1 else torch.cat(lhs, dim=-1)  # [Bc, c, (2T-1)m (+2m)]
-                    dx_lhs[k] = []
-                    with par():
-                        _bmm_into(gx[bs, is_], lhs_t, rhs[bs], accumulate=False)
-            if t > 0:
-                gA, gs = small_grads(t - 1, gP, through_pred=True)
+                        _bmm_into(gWb.unsqueeze(0), flat.transpose(1, 2), xb.reshape(1, Bc * c, d))
+                if gbb is not None:
+                    gbb += flat[0].sum(0)
+                if need_x:
+                    lhs[..., (2 * T - 1) * m :].copy_(acc)
+                dbeta_acc[k] = None
+            if need_x and t == 0:
+                with par():
+                    _bmm_into(gx[bs, is_], lhs, rhs[bs], accumulate=False)
+                dx_lhs[k] = None
+        if t > 0:
+            gA, gs = small_grads(t - 1, gP, through_pred=True)
 
-        g_small_out = [g if needs[6 + i] else None for i, g in enumerate(g_small)]
-        return (gx, ga, gbu, gbi, gWb, gbb, *g_small_out, gWS, gBS, None, None, None, None, None, None)
+    def cast(g: Tensor | None, like: Tensor | None) -> Tensor | None:
+        return None if g is None else g.to(like.dtype)
+
+    g_small_out = [g if needs[6 + i] else None for i, g in enumerate(g_small)]
+    return (gx, ga, gbu, gbi, cast(gWb, Wb), cast(gbb, bb), *g_small_out, gWS, gBS)
+
+
+def _chain_backward_torch(
+    st: _BlockState, dphi: Tensor, L: Tensor | None, WSb: Tensor, bs: slice, is_: slice, acc: Tensor | None,
+    acc_add: bool, ga: Tensor | None, gbu: Tensor | None, gbi: Tensor | None, gWS: Tensor | None,
+    gBS: Tensor | None, fixed_betas: bool,
+) -> Tensor | None:  # fmt: skip
+    """Backward of one block's element-wise chain with torch ops: accumulates da, dβ (into ``acc`` for
+    Linear betas, else into gbu/gbi), dW_S, dB_S; returns dL [Bc, c, m] (None at t = 0)."""
+    u = dphi * st.fa  # dφ·f_a
+    if ga is not None:
+        dfa = dphi.mul_(st.coef)  # dφ is not needed any more
+        if st.keep is not None:
+            dfa.mul_(st.keep)
+        ga[bs, is_] += dfa.sum(-1) * (st.sig * (1.0 - st.sig)).squeeze(-1)
+    # φ = f_a·(bsum·R − β_ign): d bsum = u·R, d β_ign (as a free variable) = −u, dR = u·bsum
+    uR, uR_owned = None, False  # u·R
+    if acc is not None:
+        m = u.shape[-1]
+        if not acc_add:
+            uR = torch.mul(u, st.R, out=acc[..., :m])
+            torch.neg(u, out=acc[..., m:])
+        else:
+            uR, uR_owned = u * st.R, True
+            acc[..., :m] += uR
+            acc[..., m:] -= u
+    elif fixed_betas:
+        uR, uR_owned = u * st.R, True
+        if gbu is not None:
+            _add_blk(gbu, bs, is_, uR)
+        if gbi is not None:
+            _add_blk(gbi, bs, is_, uR - u)
+    if L is None:
+        return None
+    if uR is None:
+        uR, uR_owned = u.mul_(st.R), True
+    dRR = uR.mul_(st.bsum) if uR_owned else uR * st.bsum  # dR·R
+    dS = dRR.addcmul_(st.R, dRR.sum(-1, keepdim=True), value=-1.0)  # R·(dR − Σ_j dR·R)
+    dZ = dS.addcmul_(dS, st.sig_z, value=-1.0)  # dS·(1 − σ(Z)) [Bc, c, m]
+    if gWS is not None:
+        _add_blk(gWS, bs, is_, dZ * L)
+    if gBS is not None:
+        _add_blk(gBS, bs, is_, dZ)
+    return _mul_(dZ, WSb)
 
 
 def _canonical(name: str, t: Tensor, batch: list[int], n: int, m: int) -> Tensor:
@@ -583,14 +484,17 @@ def fused_em_routing(
     for name, t in (("W_S", W_S), ("B_S", B_S)):
         check_floating(name, t)
         if t.dim() != 2 or t.shape[0] not in (1, n) or t.shape[1] != n_out:
-            raise ValueError(f"{name}: expected shape [n1, n_out] with n1 in (1, {n}), n_out = {n_out}, "
-                             f"got {list(t.shape)}")
+            raise ValueError(
+                f"{name}: expected shape [n1, n_out] with n1 in (1, {n}), n_out = {n_out}, "
+                f"got {list(t.shape)}"
+            )
     check_floating("a_logits", a_logits)
     check_broadcastable("a_logits", a_logits, [*batch, n], "[..., n]")
     if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 1:
         raise ValueError(f"n_iters: expected an int >= 1, got {n_iters!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size: expected None or an int >= 1, got {chunk_size!r}")
     if isinstance(scale, Tensor):
         if scale.requires_grad:
@@ -610,20 +514,22 @@ def fused_em_routing(
         check_floating("beta_use", beta_use)
         check_floating("beta_ign", beta_ign)
 
-    # One compute dtype (the widest floating input; autocast off inside, see the module docstring).
+    # Dtypes: element-wise work and accumulators in the widest floating input's dtype (parameters are usually
+    # float32); the n-sized products in that dtype too, or in the autocast dtype under autocast.
     floats = [x, a_logits, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S]
     floats += [beta_use.weight, beta_ign.weight] if linear else [beta_use, beta_ign]
     dtype = floats[0].dtype
     for t in floats[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
-
-    def cast(t: Tensor | None) -> Tensor | None:
-        return t if t is None or t.dtype == dtype else t.to(dtype)
-
     device_type = x.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
+    cdt = torch.get_autocast_dtype(device_type) if autocast_enabled(device_type) else dtype
+
+    def cast(t: Tensor | None, to: torch.dtype = dtype) -> Tensor | None:
+        return t if t is None or t.dtype == to else t.to(to)
+
+    with _no_autocast(x.device):
         B = math.prod(batch)
-        xb = cast(x).reshape(B, n, d).contiguous()  # [B, n, d]
+        xb = cast(x, cdt).reshape(B, n, d).contiguous()  # [B, n, d]
         ab = cast(a_logits).expand(*batch, n).reshape(B, n)  # [B, n]
         if isinstance(scale, Tensor):
             scale = cast(scale).expand(*batch, 1, 1).reshape(B, 1, 1)
@@ -633,13 +539,15 @@ def fused_em_routing(
             _check_shape("beta_use.weight", beta_use.weight, (n_out, d), "[n_out, d_inp]")
             _check_shape("beta_ign.weight", beta_ign.weight, (n_out, d), "[n_out, d_inp]")
             W_use, W_ign = cast(beta_use.weight), cast(beta_ign.weight)
-            Wb = torch.cat([W_use + W_ign, W_ign], dim=0)  # [2m, d]: outputs [β_use + β_ign | β_ign]
+            Wb = cast(
+                torch.cat([W_use + W_ign, W_ign], dim=0), cdt
+            )  # [2m, d]: outputs [β_use + β_ign | β_ign]
             if beta_use.bias is None and beta_ign.bias is None:
                 bb = None
             else:
-                b_use = Wb.new_zeros(n_out) if beta_use.bias is None else cast(beta_use.bias)
-                b_ign = Wb.new_zeros(n_out) if beta_ign.bias is None else cast(beta_ign.bias)
-                bb = torch.cat([b_use + b_ign, b_ign])  # [2m]
+                b_use = W_use.new_zeros(n_out) if beta_use.bias is None else cast(beta_use.bias)
+                b_ign = W_use.new_zeros(n_out) if beta_ign.bias is None else cast(beta_ign.bias)
+                bb = cast(torch.cat([b_use + b_ign, b_ign]), cdt)  # [2m]
             bu = bi = None
         else:
             Wb = bb = None
@@ -651,12 +559,32 @@ def fused_em_routing(
         if mask is not None:
             mk = _canonical("mask", mask, batch, n, n_out)
             mk = mk.expand(mk.shape[0], mk.shape[1], n_out)  # [Bm, nm, n_out]
-        rows = chunk_size if chunk_size is not None else default_chunk_rows(n_out, xb.element_size())
+        rows = chunk_size if chunk_size is not None else default_chunk_rows(n_out, 4)
         differentiable = [xb, ab, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, WS, BS]
         differentiable += [Wb] + ([] if bb is None else [bb]) if linear else [bu, bi]
         for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+        tri = device_type in TRITON_DEVICES and _tri.supported(linear, mk, WS, n_out)
         out = _FusedEMRouting.apply(
-            xb, ab, bu, bi, Wb, bb, cast(W_F1), cast(W_F2), cast(B_F2), cast(W_G1), cast(W_G2), cast(B_G2),
-            WS, BS, scale, mk, n_iters, bool(normalize), rows, for_backward,
+            xb,
+            ab,
+            bu,
+            bi,
+            Wb,
+            bb,
+            cast(W_F1),
+            cast(W_F2),
+            cast(B_F2),
+            cast(W_G1),
+            cast(W_G2),
+            cast(B_G2),
+            WS,
+            BS,
+            scale,
+            mk,
+            n_iters,
+            bool(normalize),
+            rows,
+            for_backward,
+            tri,
         )
     return out.reshape(*batch, n_out, d_out)

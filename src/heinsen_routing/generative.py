@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .validation import (
+    autocast_enabled,
     check_dim,
     check_finite,
     check_floating,
@@ -148,7 +149,7 @@ class GenerativeMatrixRouting(nn.Module):
             check_dim("mu_inp", mu_inp, -3, self.n_inp, "n (the layer's n_inp)", "[..., n, d_cov, d_inp]")
         if a_inp.device != mu_inp.device:
             raise ValueError(f"a_inp: expected device {mu_inp.device} (that of mu_inp), got {a_inp.device}")
-        if a_inp.dtype != mu_inp.dtype and not torch.is_autocast_enabled(mu_inp.device.type):
+        if a_inp.dtype != mu_inp.dtype and not autocast_enabled(mu_inp.device.type):
             # Under autocast the logits may legitimately stay float32 while the poses are bf16/fp16.
             raise TypeError(
                 f"a_inp: expected dtype {mu_inp.dtype} (that of mu_inp; or run under autocast), got {a_inp.dtype}"
@@ -157,7 +158,7 @@ class GenerativeMatrixRouting(nn.Module):
             raise ValueError(
                 f"mu_inp: expected device {self.W.device} (the layer's parameters), got {mu_inp.device}"
             )
-        if mu_inp.dtype != self.W.dtype and not torch.is_autocast_enabled(mu_inp.device.type):
+        if mu_inp.dtype != self.W.dtype and not autocast_enabled(mu_inp.device.type):
             raise TypeError(
                 f"mu_inp: expected dtype {self.W.dtype} (the layer's parameters; or run under autocast), "
                 f"got {mu_inp.dtype}"
@@ -191,7 +192,7 @@ class GenerativeMatrixRouting(nn.Module):
             W = self.W.transpose(0, 1)  # [n_out, n, d_inp, d_out]
             V = mu_inp.unsqueeze(-4) @ W + self.B.transpose(0, 1)  # [..., n_out, n, d_cov, d_out]
         V = V.reshape(*lead, n_out, n, k)  # [..., n_out, n, k]
-        if not torch.is_autocast_enabled(mu_inp.device.type):
+        if not autocast_enabled(mu_inp.device.type):
             return self._em(a_inp, V, lead, n)
         # Under autocast only the votes (the n·n_out·d_inp·d_out product above) run in the autocast dtype;
         # the EM statistics (means, variances, log-densities, softmax) run in float32 (or the widest dtype of

@@ -34,6 +34,14 @@ def is_compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False for device types without autocast (e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def checks_enabled() -> bool:
     """Whether non-finite value checks run (they never run while tracing/compiling)."""
     return _CHECKS_ENABLED and not is_compiling()
@@ -73,8 +81,7 @@ def check_rank(name: str, t: torch.Tensor, min_rank: int, layout: str) -> None:
     """Raise ValueError unless ``t`` has at least ``min_rank`` dims; ``layout`` documents them."""
     if t.dim() < min_rank:
         raise ValueError(
-            f"{name}: expected a tensor of shape {layout} (at least {min_rank} dims), "
-            f"got shape {_shape(t)}"
+            f"{name}: expected a tensor of shape {layout} (at least {min_rank} dims), got shape {_shape(t)}"
         )
 
 
@@ -82,8 +89,7 @@ def check_dim(name: str, t: torch.Tensor, dim: int, expected: int, what: str, la
     """Raise ValueError unless ``t.shape[dim] == expected``; ``what`` names that dimension."""
     if t.shape[dim] != expected:
         raise ValueError(
-            f"{name}: expected {what} = {expected} in shape {layout}, got {t.shape[dim]} "
-            f"(shape {_shape(t)})"
+            f"{name}: expected {what} = {expected} in shape {layout}, got {t.shape[dim]} (shape {_shape(t)})"
         )
 
 
@@ -114,8 +120,14 @@ def check_finite(name: str, t: torch.Tensor, ignore: torch.Tensor | None = None)
 
     ``ignore`` must broadcast against ``t``. Skipped when checks are disabled.
     """
-    if not checks_enabled():
+    if not checks_enabled() or t.device.type == "meta":  # meta tensors hold no values
         return
+    if ignore is None:
+        # Fast path: one reduction; any NaN/inf makes the sum non-finite. Only a non-finite sum (also a
+        # rare overflow of finite values) pays for the element-wise scan below.
+        total = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+        if bool(torch.isfinite(total)):
+            return
     bad = ~torch.isfinite(t)
     if ignore is not None:
         bad = bad & ~ignore

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from heinsen_routing import _fused
+from heinsen_routing import _chain, _fused
 from heinsen_routing._fused import _blocks, default_chunk_rows, fused_em_routing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +41,16 @@ def make_case(batch, n, d, m, h, linear, mask_kind, n1, dtype, seed=0):
         beta_use, beta_ign = nn.Linear(d, m).to(dtype), nn.Linear(d, m).to(dtype)
     else:
         beta_use, beta_ign = rnd(n, m), rnd(n, m)
-    W = [rnd(m, d), rnd(d, h, std=d**-0.5), rnd(m, h), rnd(h, d, std=h**-0.5), rnd(m, d), rnd(m, d),
-         rnd(n1, m, std=d**-0.5), rnd(n1, m)]
+    W = [
+        rnd(m, d),
+        rnd(d, h, std=d**-0.5),
+        rnd(m, h),
+        rnd(h, d, std=h**-0.5),
+        rnd(m, d),
+        rnd(m, d),
+        rnd(n1, m, std=d**-0.5),
+        rnd(n1, m),
+    ]
     mask = None
     if mask_kind == "random":  # per sample, with a row masked for every output
         mask = torch.rand(*batch, n, m, generator=gen) < 0.4
@@ -57,7 +65,11 @@ def make_case(batch, n, d, m, h, linear, mask_kind, n1, dtype, seed=0):
 
 
 def leaves_of(x, a, beta_use, beta_ign, W):
-    betas = [*beta_use.parameters(), *beta_ign.parameters()] if isinstance(beta_use, nn.Module) else [beta_use, beta_ign]
+    betas = (
+        [*beta_use.parameters(), *beta_ign.parameters()]
+        if isinstance(beta_use, nn.Module)
+        else [beta_use, beta_ign]
+    )
     return [x, a, *betas, *W]
 
 
@@ -66,8 +78,9 @@ def run(fn, case, n_iters, normalize, chunk_size=None, scale=None):
     scale = x.shape[-2] ** -0.5 if scale is None else scale
     out = fn(x, scale, a, beta_use, beta_ign, *W, mask, n_iters, normalize, chunk_size=chunk_size)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grads = torch.autograd.grad((out * weights.to(out.dtype)).sum(), leaves_of(*case[:5]),
-                                allow_unused=True, materialize_grads=True)
+    grads = torch.autograd.grad(
+        (out * weights.to(out.dtype)).sum(), leaves_of(*case[:5]), allow_unused=True, materialize_grads=True
+    )
     return out, grads
 
 
@@ -191,20 +204,31 @@ def test_gradcheck(linear):
         torch.testing.assert_close(g, num, rtol=1e-5, atol=1e-6)
 
 
-def test_autocast_bf16_close_to_float32():
-    case = make_case((2,), 40, 16, 4, 8, True, None, 1, torch.float32, seed=5)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_autocast_bf16_close_to_float32(seed):
+    """Under autocast the n-sized products run in bf16 and the element-wise chain and accumulators in float32.
+
+    Measured against the float32 result (max |diff| / max |float32|, seeds 0-2, n = 40 and 300): outputs
+    <= 8e-3, gradients <= 4e-2; plain autograd under the same autocast deviates as much (<= 9e-3, <= 4e-2).
+    Bounds here: 2e-2 and 6e-2."""
+    case = make_case((2,), 40, 16, 4, 8, True, None, 1, torch.float32, seed=seed)
     out32, grads32 = run(fused_em_routing, case, 2, True, chunk_size=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out_ac, grads_ac = run(fused_em_routing, case, 2, True, chunk_size=16)
-    assert out_ac.dtype == torch.float32  # computed in the parameters' precision
-    torch.testing.assert_close(out_ac, out32, rtol=1e-5, atol=1e-5)
+        out_pl, _ = run(plain_em_routing, case, 2, True)
+    assert out_ac.dtype == torch.float32  # the small ops and the normalisation run in float32
+    assert 0 < max_rel(out_ac, out32) < 2e-2  # > 0: the products did run in bf16
+    assert max_rel(out_ac, out_pl) < 2e-2
+    for g_ac, g32 in zip(grads_ac, grads32, strict=True):
+        assert g_ac.dtype == g32.dtype
+        assert max_rel(g_ac, g32) < 6e-2
     x, a, beta_use, beta_ign, W, mask = case
     with torch.autocast("cpu", dtype=torch.bfloat16):  # an upstream autocast op handed over bf16 inputs
         x16 = (x * 1.0).to(torch.bfloat16)
         out16 = fused_em_routing(x16, 40**-0.5, a, beta_use, beta_ign, *W, None, 2, True)
         (gx,) = torch.autograd.grad(out16.sum(), x)
     assert gx.dtype == torch.float32 and torch.isfinite(gx).all()
-    assert max_rel(out16, out32) < 3e-2  # only x was rounded to bf16
+    assert max_rel(out16, out32) < 2e-2
 
 
 def test_torch_compile_of_a_caller():
@@ -243,8 +267,8 @@ def test_torch_compile_inductor_of_a_caller():
 @pytest.mark.parametrize("mask_kind", [None, "random"])
 def test_log_space_softmax_path_matches_plain(monkeypatch, mask_kind):
     """The path used off-CPU (softmax of logσ, no host sync) and the CPU ratio path agree with plain."""
-    monkeypatch.setattr(_fused, "_RATIO_SOFTMAX_DEVICES", ())
-    monkeypatch.setattr(_fused, "SERIAL_ELEMENTWISE", False)
+    monkeypatch.setattr(_chain, "_RATIO_SOFTMAX_DEVICES", ())
+    monkeypatch.setattr(_chain, "SERIAL_ELEMENTWISE", False)
     case = make_case((2,), 7, 5, 4, 3, True, mask_kind, 1, torch.float64)
     out_p, grads_p = run(plain_em_routing, case, 3, True)
     out_f, grads_f = run(fused_em_routing, case, 3, True, chunk_size=4)
@@ -263,13 +287,13 @@ def test_underflowing_similarities_fall_back_to_log_space(monkeypatch, dtype, sh
         W[6].mul_(50.0)  # W_S: spread the similarities so that R is far from uniform
     out_p, grads_p = run(plain_em_routing, case, 2, True)
     calls = []
-    logsigmoid = _fused.F.logsigmoid
+    logsigmoid = _chain.F.logsigmoid
 
     def counting_logsigmoid(z):
         calls.append(z.shape)
         return logsigmoid(z)
 
-    monkeypatch.setattr(_fused.F, "logsigmoid", counting_logsigmoid)
+    monkeypatch.setattr(_chain.F, "logsigmoid", counting_logsigmoid)
     out_f, grads_f = run(fused_em_routing, case, 2, True, chunk_size=4)
     assert calls, "the log-space fallback was not used"
     assert torch.isfinite(out_f).all()
@@ -381,8 +405,9 @@ def test_matches_core_plain_em_routing():
 def test_bad_arguments_name_the_argument(change, match):
     x, a, beta_use, beta_ign, W, mask = make_case((2,), 5, 3, 4, 2, False, None, 1, torch.float64)
     kwargs = dict(zip(["W_F1", "W_F2", "B_F2", "W_G1", "W_G2", "B_G2", "W_S", "B_S"], W, strict=True))
-    kwargs.update(x=x, scale=0.5, a_logits=a, beta_use=beta_use, beta_ign=beta_ign, mask=mask, n_iters=2,
-                  normalize=True)
+    kwargs.update(
+        x=x, scale=0.5, a_logits=a, beta_use=beta_use, beta_ign=beta_ign, mask=mask, n_iters=2, normalize=True
+    )
     kwargs.update(change)
     with pytest.raises((ValueError, TypeError), match=match):
         fused_em_routing(**kwargs)

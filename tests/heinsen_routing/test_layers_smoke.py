@@ -400,3 +400,44 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
     torch.testing.assert_close(
         compiled(x, mask=mask, padding_mask=padding_mask), route(x, mask, padding_mask)
     )
+
+
+# ------------------------------------------------------------------------------------------ edge cases
+
+
+@pytest.mark.parametrize("n_inp", [-1, 10])
+def test_empty_batch_gives_empty_output_and_gradients(n_inp: int) -> None:
+    """[0, n, d] routes nothing: an empty [0, n_out, d_out] output, and backward gives empty/zero gradients."""
+    route = EfficientVectorRouting(n_inp, 4, 8, 6)
+    x = torch.randn(0, 10, 8, requires_grad=True)
+    out = route(x)
+    assert out.shape == (0, 4, 6)
+    out.sum().backward()
+    assert x.grad.shape == (0, 10, 8)
+    assert route.W_F1.grad is not None and not route.W_F1.grad.any()
+    padded = route(x, padding_mask=torch.zeros(0, 10, dtype=torch.bool))
+    assert padded.shape == (0, 4, 6)
+
+
+def test_meta_device() -> None:
+    """A meta input to a CPU layer names x with the expected and actual device; a layer moved to meta
+    computes output shapes on meta (shape inference, no data), forward and backward."""
+    route = EfficientVectorRouting(-1, 4, 8, 6)
+    with pytest.raises(ValueError, match=r"x: expected device cpu .* got meta"):
+        route(torch.randn(2, 10, 8, device="meta"))
+    meta_route = EfficientVectorRouting(-1, 4, 8, 6).to("meta")
+    x = torch.randn(2, 10, 8, device="meta", requires_grad=True)
+    out = meta_route(x)
+    assert out.device.type == "meta" and out.shape == (2, 4, 6)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_empty_batch_through_the_zoo_routing_head() -> None:
+    heads = pytest.importorskip("heinsen_zoo.heads")
+    head = heads.RoutingHead(d_depth=3, d_emb=8, n_classes=5, n_hid=4)
+    hidden = torch.randn(0, 7, 3, 8, requires_grad=True)  # [batch, n_pos, d_depth, d_emb]
+    logits = head(hidden)
+    assert logits.shape == (0, 5)
+    logits.sum().backward()
+    assert hidden.grad.shape == hidden.shape
