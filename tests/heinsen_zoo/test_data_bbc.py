@@ -110,3 +110,10 @@ def test_held_out_test_split_is_stratified_disjoint_and_stable():
     assert BBCNewsDataModule(val_fraction=0.3, test_fraction=0.2).split_ids["test"] == ids["test"]
     with pytest.raises(ValueError, match="test_fraction"):
         BBCNewsDataModule(val_fraction=0.5, test_fraction=0.5)
+
+
+def test_tiny_three_way_split_keeps_every_split_or_says_why():
+    tiny = BBCNewsDataModule(max_per_class=3, val_fraction=0.15, test_fraction=0.2)
+    assert {name: len(ids) for name, ids in tiny.split_ids.items()} == {"train": 5, "val": 5, "test": 5}
+    with pytest.raises(ValueError, match="max_per_class: topic 'business' has 2 articles"):
+        _ = BBCNewsDataModule(max_per_class=2, val_fraction=0.15, test_fraction=0.2).split_ids

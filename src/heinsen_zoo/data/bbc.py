@@ -77,7 +77,7 @@ class BBCNewsDataModule(ZooDataModule):
         (4, torch.Size([4]))
         >>> split = BBCNewsDataModule(val_fraction=0.2, test_fraction=0.2).split_ids
         >>> {name: len(ids) for name, ids in split.items()}
-        {'train': 1336, 'val': 445, 'test': 444}
+        {'train': 1337, 'val': 444, 'test': 444}
     """
 
     def __init__(
@@ -142,20 +142,38 @@ class BBCNewsDataModule(ZooDataModule):
     @property
     def split_ids(self) -> dict[str, list[str]]:
         """File ids ("<topic>/<NNN>.txt", sorted) of each split: ``{"train": [...], "val": [...]}``, plus
-        ``"test"`` when ``test_fraction > 0`` (cut first, so changing ``val_fraction`` never moves a test article).
+        ``"test"`` when ``test_fraction > 0``.
+
+        With a test split, each topic's articles are put in a seeded order (``base.seeded_order``); the first
+        ``round(test_fraction * n)`` go to test, the next ``round(val_fraction * n)`` to validation (each at
+        least one when its fraction is > 0, so tiny ``max_per_class`` runs keep every split), the rest to
+        training. So changing ``val_fraction`` never moves a test article.
         """
         if self._split is None:
             _, ids, labels = self._file_ids()
-            split: dict[str, list[str]] = {}
             if self.test_fraction > 0:
-                rest, test = stratified_split(ids, labels, self.test_fraction, self.seed)
-                split["test"] = [ids[i] for i in test]
-                ids, labels = [ids[i] for i in rest], [labels[i] for i in rest]
-            # the fraction of what is left that makes val_fraction of the whole
-            val_share = self.val_fraction / (1.0 - self.test_fraction)
-            train, val = stratified_split(ids, labels, val_share, self.seed)
-            self._split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val], **split}
+                self._split = self._three_way(ids, labels)
+            else:
+                train, val = stratified_split(ids, labels, self.val_fraction, self.seed)
+                self._split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val]}
         return {name: list(values) for name, values in self._split.items()}
+
+    def _three_way(self, ids: list[str], labels: list[int]) -> dict[str, list[str]]:
+        split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        for label, topic in enumerate(BBC_LABELS):
+            members = [file_id for file_id, y in zip(ids, labels, strict=True) if y == label]
+            ordered = [members[i] for i in seeded_order(members, self.seed)]
+            n_test, n_val = (max(1, round(f * len(members))) for f in (self.test_fraction, self.val_fraction))
+            n_val = n_val if self.val_fraction > 0 else 0
+            if n_test + n_val >= len(members):
+                raise ValueError(
+                    f"max_per_class: topic {topic!r} has {len(members)} articles, too few for {n_test} test + "
+                    f"{n_val} validation + at least 1 training article"
+                )
+            split["test"] += ordered[:n_test]
+            split["val"] += ordered[n_test : n_test + n_val]
+            split["train"] += ordered[n_test + n_val :]
+        return {name: sorted(values) for name, values in split.items()}
 
     def split_source(self, split: str) -> str:
         """Test and predict use the held-out test split, or the validation split when ``test_fraction == 0``."""
