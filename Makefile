@@ -13,7 +13,8 @@ help: ## List the targets with a one-line description each.
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | sort -u | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 	@printf "  \033[36m%-22s\033[0m %s\n" "reproduce-<row>" "One paper row: $(REPRO_ROWS)"
-	@echo "  Knobs: GPUS=N DATA_DIR=... MODEL_DIR=... PRECISION=... LOGGER=csv|tensorboard|wandb SMOKE=1"
+	@echo "  Knobs: GPUS=N DEVICES=N RESUME=1 ARGS=\"...\" SELECT=final|val DATA_DIR=... MODEL_DIR=... PRECISION=..."
+	@echo "         LOGGER=csv|tensorboard|wandb SMOKE=1"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,9 +59,18 @@ bench: $(STAMP) ## Routing benchmark, plain vs fused (BENCH_ARGS="--sizes all": 
 
 # ---------------------------------------------------------------------------------------------------------
 # Reproductions of the papers' published numbers (reproduce/expected.yaml). Knobs:
-#   GPUS=N (DDP, same effective batch)  DATA_DIR=data  MODEL_DIR=<local weights>  PRECISION=32-true
+#   GPUS=N (DDP on N GPUs; the config's batch stays the paper's effective batch, each GPU loads batch / N)
+#   DEVICES=N (device-agnostic: with SMOKE=1 N CPU processes over DDP/gloo, else N devices like GPUS=N)
+#   RESUME=1 (continue each row from <RESULTS_DIR>/runs/<row>/checkpoints/last.ckpt, the latest epoch)
+#   ARGS="..." (extra LightningCLI overrides, e.g. ARGS="--trainer.num_nodes 2 --trainer.max_epochs 1")
+#   SELECT=final|val (tested head: final, as the papers; val = best val/acc on a split carved from train)
+#   DATA_DIR=data  MODEL_DIR=<local weights>  PRECISION=32-true|bf16-mixed|16-mixed
 #   LOGGER=csv|tensorboard|wandb  SMOKE=1 (tiny stand-ins on CPU: checks the chain, reproduces nothing)
 GPUS ?= 1
+DEVICES ?=
+RESUME ?=
+ARGS ?=
+SELECT ?= final
 DATA_DIR ?= data
 MODEL_DIR ?=
 PRECISION ?=
@@ -68,8 +78,9 @@ LOGGER ?= csv
 SMOKE ?=
 RESULTS_DIR ?= results
 REPRO := $(PY) -m heinsen_zoo.reproduction.runner --gpus $(GPUS) --data-dir $(DATA_DIR) --logger $(LOGGER) \
-	--results-dir $(RESULTS_DIR) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(if $(PRECISION),--precision $(PRECISION)) \
-	$(if $(SMOKE),--smoke)
+	--results-dir $(RESULTS_DIR) --select $(SELECT) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) \
+	$(if $(PRECISION),--precision $(PRECISION)) $(if $(DEVICES),--devices $(DEVICES)) $(if $(RESUME),--resume) \
+	$(if $(SMOKE),--smoke) $(if $(ARGS),--args="$(ARGS)")
 
 .PHONY: reproduce-vision reproduce-text reproduce-2019
 reproduce-vision: $(STAMP) ## Reproduce ImageNet-1k, CIFAR-10, CIFAR-100 (2022) and report.
@@ -83,6 +94,10 @@ REPRO_ROWS := imagenet1k cifar10 cifar100 imdb sst5 sst2 smallnorb2019 sst5_2019
 .PHONY: $(addprefix reproduce-,$(REPRO_ROWS))
 $(addprefix reproduce-,$(REPRO_ROWS)): reproduce-%: $(STAMP) ## One paper row (e.g. make reproduce-cifar10).
 	$(REPRO) --rows $*
+
+.PHONY: gpu-check
+gpu-check: $(STAMP) ## On a machine with one CUDA GPU (< 5 min): gpu tests, bf16 smoke rows, the demo; prints a table.
+	$(PY) -m heinsen_zoo.reproduction.gpu_check
 
 .PHONY: report
 report: $(STAMP) ## Render the reproduction table from results/ (fails on an out-of-tolerance number).

@@ -9,7 +9,9 @@ Lightning subcommands (LightningCLI, configs merged in order)::
 ``--experiment NAME`` reads ``configs/experiments/NAME.yaml`` (or a path): its ``defaults:`` list names the
 config fragments (trainer/, model/, data/) that are merged first, then the experiment's own keys, then any
 further ``--config``/``--key value`` arguments. ``--gpus N`` trains data-parallel on N GPUs with the same
-effective batch (the per-device batch is divided by N). ``--logger csv|tensorboard|wandb`` picks the logger
+effective batch: configs state the paper's global batch and the DataModule gives each process
+``batch / world_size`` (one place: ``heinsen_zoo.data.sampling.per_device_batch``). Checkpoints go to
+``<trainer.default_root_dir>/checkpoints`` (``last.ckpt`` = the latest epoch, for ``--ckpt_path`` resumes). ``--logger csv|tensorboard|wandb`` picks the logger
 (CSV by default; wandb runs offline unless ``WANDB_API_KEY`` is set).
 
 Zoo subcommands (plain argparse)::
@@ -41,11 +43,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +105,31 @@ def _pop_option(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+def experiment_config_file(spec: dict[str, Any], stem: str) -> Path:
+    """The experiment's own keys as a YAML file named by its content, in the zoo cache.
+
+    ``<cache>/experiment-configs/<stem>-<sha256[:16]>.yaml`` (cache: ``$HEINSEN_ZOO_CACHE``, else
+    ``~/.cache/heinsen_zoo``): the same config always maps to the same file, written once atomically, so
+    nothing is left behind per run — not even when the run is killed (no temporary file, no ``atexit``).
+    """
+    import hashlib
+
+    from heinsen_zoo.zoo.registry import cache_dir
+
+    text = yaml.safe_dump(spec, sort_keys=False)
+    folder = cache_dir() / "experiment-configs"
+    path = folder / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.is_file() or path.read_text() != text:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path
 
 
 def expand_experiment_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -140,11 +164,7 @@ def expand_experiment_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
         if gpus is not None and gpus > 1:
             inserted += ["--config", str(configs_dir() / "trainer" / "ddp.yaml")]
         if spec:
-            tmp = tempfile.NamedTemporaryFile("w", suffix=f"-{path.stem}.yaml", delete=False)
-            with tmp:
-                yaml.safe_dump(spec, tmp, sort_keys=False)
-            atexit.register(_remove_quietly, tmp.name)
-            inserted += ["--config", tmp.name]
+            inserted += ["--config", str(experiment_config_file(spec, path.stem))]
     elif gpus is not None and gpus > 1:
         inserted += ["--config", str(configs_dir() / "trainer" / "ddp.yaml")]
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
@@ -167,7 +187,9 @@ def _make_cli_class():
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             _link_backbone_to_cache(config)
+            _guard_ckpt_path(config)
             _apply_gpus(config, self.zoo_options.get("gpus"))
+            _apply_checkpoint_dir(config)
             _apply_logger(config, self.zoo_options.get("logger", "csv"), self.zoo_options.get("experiment"))
 
     return ZooCLI, LightningModule, LightningDataModule
@@ -191,19 +213,130 @@ def _link_backbone_to_cache(config: Any) -> None:
 
 
 def _apply_gpus(config: Any, gpus: int | None) -> None:
-    """N GPUs, same effective batch: devices = N, per-device batch = batch / N."""
+    """``--gpus N``: devices = N on the GPU accelerator (DDP when N > 1).
+
+    The batch is NOT touched here: ``data.init_args.batch_size`` is the effective (global) batch of the paper
+    and the DataModules split it over the processes in one place
+    (:func:`heinsen_zoo.data.sampling.per_device_batch`), so every optimizer step sees that many examples
+    whatever N is. A batch that N does not divide is rejected here, before any model is built.
+    """
     if gpus is None:
         return
     config["trainer"]["devices"] = gpus
     config["trainer"]["accelerator"] = "gpu"
     if gpus > 1:
         config["trainer"]["strategy"] = "ddp"
-        data_args = _get(config, "data.init_args")
-        if data_args is not None and data_args.get("batch_size"):
-            batch = int(data_args["batch_size"])
-            if batch % gpus:
-                raise SystemExit(f"--gpus: the batch {batch} does not divide evenly over {gpus} GPUs")
-            data_args["batch_size"] = batch // gpus
+        _check_batch_divides(config, gpus * int(config["trainer"].get("num_nodes") or 1), "--gpus")
+
+
+def _check_batch_divides(config: Any, world_size: int, flag: str) -> None:
+    """SystemExit (``error: ...``) naming ``flag`` when the global batch does not divide over ``world_size``."""
+    from heinsen_zoo.data.sampling import per_device_batch
+
+    for key in ("data.init_args.batch_size", "data.init_args.datamodule.init_args.batch_size"):
+        batch = _get(config, key)
+        if batch:
+            try:
+                per_device_batch(int(batch), world_size)
+            except ValueError as error:
+                raise SystemExit(f"error: {flag}: {error}") from None
+            return
+
+
+def _apply_checkpoint_dir(config: Any) -> None:
+    """Checkpoints of a run go to ``<trainer.default_root_dir>/checkpoints`` (a fixed place, so that
+    ``last.ckpt`` can be found to resume), unless a ModelCheckpoint names its own ``dirpath``."""
+    trainer = config["trainer"]
+    root = trainer.get("default_root_dir")
+    if not root:
+        return
+    for callback in trainer.get("callbacks") or []:
+        path = _get(callback, "class_path")
+        args = _get(callback, "init_args")
+        if path and str(path).endswith("ModelCheckpoint") and args is not None and not args.get("dirpath"):
+            args["dirpath"] = str(Path(root) / "checkpoints")
+
+
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def _guard_ckpt_path(config: Any) -> None:
+    """``--ckpt_path`` (command line or config file) is loaded weights-only, from a local file only.
+
+    A URL is refused (download it, then pass the file); a local file is read by the zoo's safe loader
+    (:func:`heinsen_zoo.zoo.convert.safe_torch_load`: refused before anything is unpickled if it holds
+    arbitrary objects) before Lightning sees it, and Lightning is told ``weights_only=True``.
+    """
+    if not hasattr(config, "get") or "ckpt_path" not in config:
+        return
+    ckpt = config.get("ckpt_path")
+    if ckpt is None or str(ckpt) in _SPECIAL_CKPT_PATHS or str(ckpt).startswith("registry:"):
+        if "weights_only" in config:
+            config["weights_only"] = True
+        return
+    text = str(ckpt)
+    if "://" in text:
+        raise SystemExit(
+            f"error: --ckpt_path {text}: checkpoints are not loaded from URLs (a checkpoint can run code when "
+            "unpickled); download it, check where it came from, and pass the local file"
+        )
+    if config.get("weights_only") is False:
+        raise SystemExit("error: --weights_only false: heinsen-zoo loads checkpoints weights-only")
+    from heinsen_zoo.zoo.convert import safe_torch_load
+
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SystemExit(f"error: --ckpt_path: checkpoint file {text!r} not found")
+    safe_torch_load(path)  # UnsafeCheckpointError / CorruptFileError before Lightning unpickles anything
+    config["weights_only"] = True
+
+
+def _require_gpus(argv: list[str]) -> None:
+    """``--gpus N`` on a machine with fewer than N CUDA GPUs: say so now (before configs, batches, Lightning)."""
+    for i, arg in enumerate(argv):
+        if arg == "--gpus" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--gpus="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        if not value.strip().isdigit() or int(value) < 1:
+            return  # malformed: expand_experiment_args names the problem
+        import torch
+
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise SystemExit(
+                f"error: --gpus {int(value)}: no GPU on this machine (torch.cuda.is_available() is False); "
+                "leave out --gpus to run on the CPU"
+            )
+        if available < int(value):
+            raise SystemExit(f"error: --gpus {int(value)}: only {available} CUDA GPU(s) on this machine")
+        return
+
+
+_USER_ERRORS_HINT = "(HEINSEN_DEBUG=1 shows the traceback)"
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (arguments, files, configs), reported as one ``error:`` line."""
+    from heinsen_zoo.zoo.errors import ZooError
+
+    types: list[type[BaseException]] = [ZooError, OSError, ValueError, KeyError, TypeError, ImportError]
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        types.append(MisconfigurationException)
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        pass
+    return tuple(types)
+
+
+def _error_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
+    lines = str(text).strip().splitlines() or [type(err).__name__]
+    message = " ".join(line.strip() for line in lines[:3])
+    return message if message.startswith("error:") else f"error: {message}"
 
 
 def _apply_logger(config: Any, logger: str, experiment: str | None) -> None:
@@ -272,6 +405,10 @@ def _zoo_parser() -> argparse.ArgumentParser:
     p_infer.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass (default 8)")
     p_infer.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p_infer.add_argument("--text", action="store_true", help="treat every INPUT as text, even if it names a file")
+    p_infer.add_argument("--max-chunks", type=int, default=None,
+                         help="text: chunks kept per input (default: the model's max_chunks, else 8)")
+    p_infer.add_argument("--max-chars", type=int, default=None,
+                         help="text: characters read per input (default: what max-chunks chunks can hold)")
     p_convert = sub.add_parser(
         "convert", help="convert checkpoints into the export format (original | lightning | verify)", add_help=False
     )
@@ -311,16 +448,24 @@ def run_zoo(argv: list[str]) -> int:
             print(f"wrote {out} (config.json + model.safetensors)")
             return 0
         if args.command == "infer":
-            from heinsen_zoo.inference import format_json, format_table, predict
+            from heinsen_zoo.inference import InputTruncatedWarning, format_json, format_table, predict
             from heinsen_zoo.zoo.hub import from_pretrained
 
             if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
                 raise ValueError(f"--device: expected cpu or cuda, got {args.device!r}")
             model = from_pretrained(args.model, map_location="cpu")
-            predictions = predict(
-                model, args.inputs, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-                explain_dir=args.explain, force_text=args.text,
-            )  # fmt: skip
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", InputTruncatedWarning)
+                predictions = predict(
+                    model, args.inputs, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
+                    explain_dir=args.explain, force_text=args.text, max_chunks=args.max_chunks,
+                    max_chars=args.max_chars,
+                )  # fmt: skip
+            for warning in caught:
+                if issubclass(warning.category, InputTruncatedWarning):
+                    print(f"note: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
             print(format_json(predictions) if args.json else format_table(predictions))
             return 0
     except (ZooError, KeyError, FileNotFoundError, ValueError) as err:
@@ -331,15 +476,28 @@ def run_zoo(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point."""
+    """Console-script entry point: user errors of every subcommand print one ``error: ...`` line, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    if argv[0] in LIGHTNING_SUBCOMMANDS:
-        run_lightning(argv)
-        return 0
-    return run_zoo(argv)
+    try:
+        if argv[0] in LIGHTNING_SUBCOMMANDS:
+            _require_gpus(argv)
+            run_lightning(argv)
+            return 0
+        return run_zoo(argv)
+    except SystemExit as exit_:
+        if not isinstance(exit_.code, str):  # argparse/jsonargparse already printed usage and `error: ...`
+            raise
+        print(_error_line(SystemExit(exit_.code)), file=sys.stderr)
+        return 2
+    except _user_error_types() as err:
+        if os.environ.get("HEINSEN_DEBUG", "").strip() not in ("", "0"):
+            raise
+        hint = f" {_USER_ERRORS_HINT}" if argv[0] in LIGHTNING_SUBCOMMANDS else ""
+        print(f"{_error_line(err)}{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .backbones import FrozenBackbone, build_backbone, check_backbone_spec
+from .data.sampling import DistributedCyclingSampler, EvalShardSampler, per_device_batch
 
 __all__ = [
     "HiddenStatesDataset",
@@ -661,17 +662,26 @@ class CachedHiddenStatesDataModule(L.LightningDataModule):
         return 0, 1
 
     def train_dataloader(self) -> DataLoader:
+        """Per-rank loader: ``per_device_batch(batch_size, world_size)`` examples per step (``batch_size`` is
+        the effective batch); the raw DataModule's sampler when it has one (same stream as uncached)."""
         data = self._get("train")
         rank, world_size = self._world()
-        if self.batch_size % world_size:
-            raise ValueError(f"batch_size={self.batch_size} must be divisible by world_size={world_size}")
+        per_device = per_device_batch(self.batch_size, world_size)
         sampler_fn = getattr(self.datamodule, "train_sampler", None)
-        sampler = sampler_fn(rank, world_size) if callable(sampler_fn) else RandomSampler(data)
-        return DataLoader(data, batch_size=self.batch_size // world_size, sampler=sampler, collate_fn=data.collate)
+        if callable(sampler_fn):
+            sampler = sampler_fn(rank, world_size)
+        elif world_size > 1:
+            sampler = DistributedCyclingSampler(len(data), len(data), seed=0, rank=rank, world_size=world_size)
+        else:
+            sampler = RandomSampler(data)
+        return DataLoader(data, batch_size=per_device, sampler=sampler, collate_fn=data.collate)
 
     def _eval_loader(self, split: str) -> DataLoader:
+        """Sequential; under DDP each rank scores its own unpadded shard (every example exactly once)."""
         data = self._get(split)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=False, collate_fn=data.collate)
+        rank, world_size = self._world()
+        sampler = None if world_size == 1 else EvalShardSampler(len(data), rank=rank, world_size=world_size)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False, sampler=sampler, collate_fn=data.collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

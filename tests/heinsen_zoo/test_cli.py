@@ -159,11 +159,12 @@ def _config(batch: int | None = 50) -> dict:
     return {"trainer": {"accelerator": "cpu", "devices": 1, "strategy": "auto"}, "data": data}
 
 
-def test_apply_gpus_divides_the_per_device_batch():
+def test_apply_gpus_sets_devices_and_never_touches_the_global_batch():
+    """The config's batch is the paper's effective batch; the DataModule divides it (one place)."""
     config = _config(50)
     _apply_gpus(config, 2)
     assert config["trainer"] == {"accelerator": "gpu", "devices": 2, "strategy": "ddp"}
-    assert config["data"]["init_args"]["batch_size"] == 25
+    assert config["data"]["init_args"]["batch_size"] == 50
     config = _config(50)
     _apply_gpus(config, 1)  # one GPU: same batch, no DDP
     assert config["trainer"] == {"accelerator": "gpu", "devices": 1, "strategy": "auto"}
@@ -177,8 +178,15 @@ def test_apply_gpus_divides_the_per_device_batch():
 
 
 def test_apply_gpus_refuses_an_uneven_split():
-    with pytest.raises(SystemExit, match=r"--gpus: the batch 50 does not divide evenly over 3 GPUs"):
+    with pytest.raises(SystemExit, match=r"error: --gpus: .*batch 50 does not divide over world_size=3"):
         _apply_gpus(_config(50), 3)
+    config = _config(50)
+    config["trainer"]["num_nodes"] = 2  # 2 nodes x 5 GPUs = 10 processes: 50 / 10 divides
+    _apply_gpus(config, 5)
+    with pytest.raises(SystemExit, match=r"world_size=8"):  # 2 nodes x 4 GPUs
+        config = _config(50)
+        config["trainer"]["num_nodes"] = 2
+        _apply_gpus(config, 4)
 
 
 def _build_on_cpu_recording_gpus(monkeypatch, experiment: str, gpus: int, root: Path) -> tuple[object, dict]:
@@ -200,13 +208,25 @@ def _build_on_cpu_recording_gpus(monkeypatch, experiment: str, gpus: int, root: 
 
 
 def test_gpus_keeps_the_effective_batch_through_the_cli(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
     cli, seen = _build_on_cpu_recording_gpus(monkeypatch, "cifar10", 2, tmp_path)
-    assert seen == {"trainer": {"accelerator": "gpu", "devices": 2, "strategy": "ddp"}, "batch": 25}
-    assert cli.datamodule.batch_size == 25 and cli.datamodule.steps_per_epoch == 2000
+    assert seen == {"trainer": {"accelerator": "gpu", "devices": 2, "strategy": "ddp"}, "batch": 50}
+    assert cli.datamodule.batch_size == 50 and cli.datamodule.steps_per_epoch == 2000
+    # the DataModule alone divides it: 2 ranks x 25 = the paper's 50 per optimizer step
+    from heinsen_zoo.data.sampling import DistributedCyclingSampler
+
+    dm = cli.datamodule
+    dm._datasets["train"] = list(range(100))  # stand-in examples; only the loader's arithmetic is checked
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        loader = dm.train_dataloader()
+        assert loader.batch_size == 25 and isinstance(loader.sampler, DistributedCyclingSampler)
+        assert len(loader) == 2000  # steps per epoch unchanged
 
 
 def test_gpus_uneven_batch_is_a_clear_error(monkeypatch, tmp_path):
-    with pytest.raises(SystemExit, match=r"the batch 5 does not divide evenly over 2 GPUs"):
+    with pytest.raises(SystemExit, match=r"error: --gpus: .*batch 5 does not divide over world_size=2"):
         _build_on_cpu_recording_gpus(monkeypatch, "imdb", 2, tmp_path)
 
 
@@ -275,7 +295,7 @@ def test_fit_subcommand_trains_and_logs_under_default_root_dir(tmp_path, monkeyp
     (metrics,) = root.glob("logs/version_*/metrics.csv")
     header = metrics.read_text().splitlines()[0].split(",")
     assert {"train/loss", "val/loss", "val/acc"} <= set(header)
-    assert list(root.glob("logs/version_*/checkpoints/last.ckpt"))
+    assert (root / "checkpoints" / "last.ckpt").is_file()  # a fixed place: RESUME=1 finds it
     saved = yaml.safe_load(next(root.glob("logs/version_*/config.yaml")).read_text())
     assert saved["model"]["class_path"] == "heinsen_zoo.tasks.RoutingClassificationTask"
     assert saved["trainer"]["logger"]["class_path"] == LOGGERS["csv"]

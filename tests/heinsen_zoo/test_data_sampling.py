@@ -122,7 +122,7 @@ def test_datamodule_distributed_rank_handling():
     for step in range(2):
         assert sorted(sum((r[step] for r in per_rank), [])) == sorted(single[step])
     dm.trainer = SimpleNamespace(global_rank=0, world_size=4)
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="does not divide over world_size=4"):
         dm.train_dataloader()
 
 
@@ -171,4 +171,47 @@ def test_lightning_ddp_keeps_our_distributed_sampler():
     dm = _ToyDataModule(n_examples=12, batch_size=6, steps_per_epoch=2)
     dm.trainer = SimpleNamespace(global_rank=1, world_size=2)
     assert not connector._requires_distributed_sampler(dm.train_dataloader())
-    assert connector._requires_distributed_sampler(dm.val_dataloader())  # eval loaders: sharded as usual
+    assert not connector._requires_distributed_sampler(dm.val_dataloader())  # ours: unpadded shards, kept
+
+
+def test_per_device_batch_is_the_one_division():
+    from heinsen_zoo.data.sampling import per_device_batch
+
+    assert per_device_batch(50, 1) == 50 and per_device_batch(50, 2) == 25 and per_device_batch(50, 5) == 10
+    with pytest.raises(ValueError, match=r"effective \(global\) batch 50 does not divide over world_size=4"):
+        per_device_batch(50, 4)
+    with pytest.raises(ValueError, match="world_size"):
+        per_device_batch(50, 0)
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(31, 2), (7, 3), (2, 4), (0, 2)])
+def test_eval_shard_sampler_scores_every_example_exactly_once(n, world_size):
+    from torch.utils.data import DistributedSampler
+
+    from heinsen_zoo.data.sampling import EvalShardSampler
+
+    shards = [list(EvalShardSampler(n, rank=r, world_size=world_size)) for r in range(world_size)]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))  # no padding duplicate, none lost
+    assert [len(EvalShardSampler(n, rank=r, world_size=world_size)) for r in range(world_size)] == [
+        len(s) for s in shards
+    ]
+    # Lightning keeps a DistributedSampler as it is (its own one would pad the last shard)
+    assert isinstance(EvalShardSampler(n, rank=0, world_size=world_size), DistributedSampler)
+    with pytest.raises(ValueError, match="rank"):
+        EvalShardSampler(n, rank=world_size, world_size=world_size)
+
+
+def test_eval_loaders_shard_without_padding_under_ddp(tmp_path):
+    from heinsen_zoo.data.sampling import EvalShardSampler
+    from heinsen_zoo.data.smoke import make_smoke_datamodule
+
+    dm = make_smoke_datamodule("cifar10", tmp_path, image_size=8, batch_size=4)
+    n = len(dm.test_dataset)
+    assert n % 2 == 1  # the smoke test split is odd on purpose
+    seen = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        loader = dm.test_dataloader()
+        assert isinstance(loader.sampler, EvalShardSampler)
+        seen += [i for batch in loader for i in batch["index"].tolist()]
+    assert sorted(seen) == list(range(n))

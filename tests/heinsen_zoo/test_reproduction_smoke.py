@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,13 +16,7 @@ from safetensors.torch import load_file
 
 from heinsen_zoo.reproduction.runner import main as runner_main
 
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    """Nothing lands in the repository or the shared /tmp; LightningCLI sees no pytest arguments."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(sys, "argv", ["heinsen-zoo-reproduce"])
+pytestmark = pytest.mark.usefixtures("isolated_runner")
 
 
 def _result(results: Path, row: str) -> dict:
@@ -33,7 +25,11 @@ def _result(results: Path, row: str) -> dict:
     record = json.loads(path.read_text())
     assert record["row"] == row and record["smoke"] is True and record["gpus"] == 0
     assert record["device"] == "cpu"
-    assert isinstance(record["value"], float) and math.isfinite(record["value"]) and 0.0 <= record["value"] <= 100.0
+    assert (
+        isinstance(record["value"], float)
+        and math.isfinite(record["value"])
+        and 0.0 <= record["value"] <= 100.0
+    )
     assert record["wall_s"] > 0
     return record
 
@@ -47,11 +43,21 @@ def test_smoke_cifar10_runs_the_whole_chain(tmp_path, capsys):
     results = tmp_path / "results"
     assert runner_main(["--rows", "cifar10", "--smoke", "--results-dir", str(results)]) == 0
     record = _result(results, "cifar10")
-    assert Path(record["checkpoint"]).is_file()  # the tested checkpoint is the best one written by fit
+    # Provenance: the final head (nothing selected on the test split), what it was scored on, how it ran.
+    assert record["checkpoint"] == "final" and Path(record["checkpoint_path"]).name == "last.ckpt"
+    assert Path(record["checkpoint_path"]).is_file()
+    assert record["n_test_examples"] == record["test_split_size"] == 31  # the smoke CIFAR-10 test split
+    assert (
+        record["world_size"] == 1 and record["per_device_batch"] == [50] and record["effective_batch"] == 50
+    )
+    assert record["precision"] == "32-true" and record["seed"] == 0 and record["resumed_from"] is None
+    assert record["backbone_id"] == "tiny-beit-smoke" and "backbone_revision" in record
+    assert len(record["git_commit"].split("+")[0]) == 40 or record["git_commit"] == "unknown"
     assert not (results / "cifar10.json").exists() and not (results / "REPORT.md").exists()
     report = (results / "REPORT.smoke.md").read_text()
     line = _report_line(report, "cifar10")
     assert "| smoke |" in line and "(smoke)" in line and f"{record['value']:.2f}" in line
+    assert "| final | 31 | 50 | cpu | 32-true |" in line
     assert "NOT reproductions" in report
     assert report in capsys.readouterr().out  # the report is printed too
     # The trained head was exported in the zoo format.

@@ -41,21 +41,44 @@ def test_mixup_r1_reproduces_inputs_and_r0_gives_partner():
     assert torch.all(out[padding_mask] == 0)
 
     out, mask, soft = mixup(hidden, padding_mask, targets, alpha=0.2, r=0.0)
-    partner_mask = torch.roll(padding_mask, 1, dims=0)
+    partner_mask = torch.roll(padding_mask, -1, dims=0)  # the partner of example i is example i + 1
     assert torch.equal(mask, partner_mask)
-    assert torch.equal(soft, torch.roll(targets, 1, dims=0))
-    assert torch.equal(out[~mask], torch.roll(hidden, 1, dims=0)[~mask])
+    assert torch.equal(soft, torch.roll(targets, -1, dims=0))
+    assert torch.equal(out[~mask], torch.roll(hidden, -1, dims=0)[~mask])
 
 
 def test_mixup_partner_is_batch_rolled_by_one_and_masks_union():
     hidden, padding_mask, targets = _batch()
     r = 0.3
     out, mask, soft = mixup(hidden, padding_mask, targets, alpha=0.65, r=r)
-    assert torch.equal(mask, padding_mask | torch.roll(padding_mask, 1, dims=0))
-    expected = r * hidden + (1 - r) * torch.roll(hidden, 1, dims=0)
+    assert torch.equal(mask, padding_mask | torch.roll(padding_mask, -1, dims=0))
+    expected = r * hidden + (1 - r) * torch.roll(hidden, -1, dims=0)
     torch.testing.assert_close(out[~mask], expected[~mask])
-    torch.testing.assert_close(soft[1], r * targets[1] + (1 - r) * targets[0])
-    torch.testing.assert_close(soft[0], r * targets[0] + (1 - r) * targets[3])
+    torch.testing.assert_close(soft[1], r * targets[1] + (1 - r) * targets[2])
+    # the last pairs with the first
+    torch.testing.assert_close(soft[3], r * targets[3] + (1 - r) * targets[0])
+
+
+def test_mixup_draws_one_ratio_per_example():
+    """SPEC §5: r has shape [batch]; example i mixes with example i + 1 using its own r_i."""
+    hidden, padding_mask, targets = _batch()
+    g = torch.Generator().manual_seed(11)
+    r = sample_mix_ratio(0.65, torch.Generator().manual_seed(11), n=4)  # the same draw, by hand
+    assert r.shape == (4,) and len(set(r.tolist())) == 4  # distinct ratios, one per example
+    out, mask, soft = mixup(hidden, padding_mask, targets, alpha=0.65, generator=g)
+    for i in range(4):
+        j = (i + 1) % 4
+        torch.testing.assert_close(soft[i], (r[i] * targets[i] + (1 - r[i]) * targets[j]).float())
+        keep = ~mask[i]
+        expected = (r[i] * hidden[i] + (1 - r[i]) * hidden[j]).float()
+        torch.testing.assert_close(out[i][keep], expected[keep])
+    # r given as a tensor: r_i = 1 keeps example i, r_i = 0 takes its partner
+    out, mask, soft = mixup(hidden, None, targets, alpha=0.2, r=torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert (
+        torch.equal(out[0], hidden[0]) and torch.equal(out[1], hidden[2]) and torch.equal(out[3], hidden[0])
+    )
+    with pytest.raises(ValueError, match=r"r: expected a float or a tensor of shape \[batch=4\]"):
+        mixup(hidden, None, targets, alpha=0.2, r=torch.ones(3))
 
 
 def test_mixup_padded_nan_never_leaks():
@@ -91,7 +114,7 @@ def test_mixup_of_float16_cache_under_cpu_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, mask, soft = mixup(hidden.half(), padding_mask, targets, alpha=0.2, r=0.25)
     assert out.dtype == torch.float16 and soft.dtype == torch.float32
-    expected = 0.25 * hidden.half() + 0.75 * torch.roll(hidden.half(), 1, dims=0)
+    expected = 0.25 * hidden.half() + 0.75 * torch.roll(hidden.half(), -1, dims=0)
     torch.testing.assert_close(out[~mask], expected[~mask])
 
 

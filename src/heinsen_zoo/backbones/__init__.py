@@ -12,8 +12,9 @@ d_emb], padding_mask [batch, n_pos] bool or None)``.
 Options (all optional):
 
 * every source: ``local_path`` (folder with the weights; see below), ``local_files_only`` (never download),
-  ``autocast`` (fp16 autocast on CUDA, default True), ``output_dtype`` ("float32"/"float16"/"bfloat16";
-  default float16 under CUDA autocast, else float32), ``model_kwargs`` (dict passed to the constructor).
+  ``autocast`` (autocast on CUDA, default True), ``autocast_dtype`` ("float16", the paper's and the default,
+  or "bfloat16"), ``output_dtype`` ("float32"/"float16"/"bfloat16"; default the autocast dtype under CUDA
+  autocast, else float32), ``model_kwargs`` (dict passed to the constructor).
 * timm: ``pretrained`` (default True; False = random init, for tests), ``hf_hub_id`` (weights repo override).
 * hf: ``dtype`` (weights dtype, default "float32").
 * text: ``max_length`` (tokens per chunk), ``max_chunks``, ``pad_mode`` ("mask" | "empty_chunk"),
@@ -42,7 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._resolve import MODEL_DIR_ENV, MissingModelError, is_offline
-from .base import FrozenBackbone
+from .base import GPT2_LARGE_REVISION, FrozenBackbone
 from .hf_backbone import MINILM_ID, PAD_MODES, HFTextBackbone, HFVisionBackbone, minilm_dir
 from .timm_backbone import TimmBackbone, beit_hf_to_timm
 
@@ -66,8 +67,8 @@ __all__ = [
 SOURCES = ("timm", "hf", "minilm")
 KINDS = ("vision", "text")
 _COMMON_KEYS = {
-    "source", "id", "revision", "kind", "local_path", "local_files_only", "autocast", "output_dtype",
-    "model_kwargs",
+    "source", "id", "revision", "kind", "local_path", "local_files_only", "autocast", "autocast_dtype",
+    "output_dtype", "model_kwargs",
 }  # fmt: skip
 _KEYS = {
     ("timm", "vision"): _COMMON_KEYS | {"pretrained", "hf_hub_id"},
@@ -83,7 +84,7 @@ PAPER_BACKBONES: dict[str, dict[str, Any]] = {
                         "kind": "vision"},
     "roberta-large": {"source": "hf", "id": "roberta-large", "revision": "5069d8a", "kind": "text",
                       "max_length": 512, "pad_mode": "empty_chunk"},
-    "gpt2-large": {"source": "hf", "id": "gpt2-large", "revision": None, "kind": "text", "max_length": 1024,
+    "gpt2-large": {"source": "hf", "id": "gpt2-large", "revision": GPT2_LARGE_REVISION, "kind": "text", "max_length": 1024,
                    "pad_mode": "mask"},
     "minilm": {"source": "minilm", "id": MINILM_ID, "revision": None, "kind": "text", "max_length": 256,
                "pad_mode": "mask"},

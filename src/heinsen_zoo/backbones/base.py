@@ -2,7 +2,8 @@
 
 A frozen backbone has every parameter's ``requires_grad`` off, stays in eval mode even when ``.train()`` is
 called on it or on a parent module, and runs its forward under ``torch.no_grad()`` (and, on CUDA, under
-fp16 autocast when ``autocast`` is on, as in the 2022 paper). It returns the hidden states of the embedding
+autocast when ``autocast`` is on: float16 as in the 2022 paper, or bfloat16 with the spec key
+``autocast_dtype: bfloat16``). It returns the hidden states of the embedding
 output and of every block, stacked along a depth dimension:
 
     forward(inputs) -> (hidden [batch, n_pos, d_depth, d_emb], padding_mask [batch, n_pos] bool or None)
@@ -29,9 +30,15 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FrozenBackbone", "parse_dtype"]
+__all__ = ["AUTOCAST_DTYPES", "GPT2_LARGE_REVISION", "FrozenBackbone", "parse_dtype"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AUTOCAST_DTYPES = ("float16", "bfloat16")  # spec key ``autocast_dtype``; float16 (the paper's) by default
+
+# The 2019 SST models' backbone: the commit of ``main`` of openai-community/gpt2-large (alias ``gpt2-large``)
+# found in public Hugging Face cache snapshot paths and pinned revision lists; not checked against the Hub
+# from this machine (no internet): preflight and from_pretrained fail loudly if the Hub lacks it.
+GPT2_LARGE_REVISION = "32b71b12589c2f8d625668d2335a01cac3249519"
 
 
 def parse_dtype(name: str, value: Any) -> torch.dtype | None:
@@ -49,8 +56,9 @@ class FrozenBackbone(nn.Module):
     Args:
         spec: the backbone spec (a plain dict, see :func:`heinsen_zoo.backbones.build_backbone`); kept as
             ``self.spec``.
-        autocast: run the forward under fp16 autocast when the backbone is on CUDA (ignored on CPU).
-        output_dtype: dtype of the returned hidden states; None = float16 when fp16 autocast ran, else
+        autocast: run the forward under autocast when the backbone is on CUDA (ignored on CPU), in the dtype
+            of the spec's ``autocast_dtype`` ("float16", default as the paper, or "bfloat16").
+        output_dtype: dtype of the returned hidden states; None = the autocast dtype when autocast ran, else
             float32.
 
     Attributes:
@@ -65,6 +73,10 @@ class FrozenBackbone(nn.Module):
         super().__init__()
         self.spec = dict(spec)
         self.autocast = bool(autocast)
+        name = self.spec.get("autocast_dtype") or "float16"
+        if name not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast_dtype: expected one of {list(AUTOCAST_DTYPES)}, got {name!r}")
+        self.autocast_dtype = _DTYPES[name]
         self.output_dtype = parse_dtype("output_dtype", output_dtype)
         self.d_depth = 0
         self.d_emb = 0
@@ -92,14 +104,14 @@ class FrozenBackbone(nn.Module):
 
     def _autocast_context(self) -> contextlib.AbstractContextManager:
         if self.autocast and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
+            return torch.autocast("cuda", dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def _result_dtype(self) -> torch.dtype:
         if self.output_dtype is not None:
             return self.output_dtype
         if self.autocast and self.device.type == "cuda":
-            return torch.float16
+            return self.autocast_dtype
         return torch.float32
 
     def forward(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -7,11 +7,13 @@ Every DataModule of this package derives from :class:`ZooDataModule`, which owns
   ``steps_per_epoch * batch_size`` samples per epoch when ``steps_per_epoch`` is given (the paper's regime),
   one shuffled pass per epoch otherwise;
 * DDP: ``batch_size`` is the *effective (global)* batch. Under a distributed Trainer each rank loads
-  ``batch_size // world_size`` examples per step from a :class:`DistributedCyclingSampler`, so steps per
+  ``per_device_batch(batch_size, world_size)`` examples per step (the one place the batch is divided) from a :class:`DistributedCyclingSampler`, so steps per
   epoch, effective batch and data order do not change with the number of devices. That sampler is a
   ``DistributedSampler`` subclass, so Lightning's ``use_distributed_sampler`` (default True) leaves it alone;
   no Trainer setting is needed;
-* evaluation loaders (validation, test, predict): sequential, ``eval_batch_size`` (default ``batch_size``).
+* evaluation loaders (validation, test, predict): sequential, ``eval_batch_size`` (default ``batch_size``);
+  under DDP each rank evaluates its own :class:`~heinsen_zoo.data.sampling.EvalShardSampler` shard, so every
+  example is scored exactly once (no padding duplicates).
 
 Subclasses implement ``labels`` and ``_build_split(split)`` for ``split in ("train", "val", "test",
 "predict")``, and may override ``split_source`` to make a split reuse another one's dataset object (e.g. CIFAR
@@ -31,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .collate import collate_text
-from .sampling import CyclingRandomSampler, DistributedCyclingSampler
+from .sampling import CyclingRandomSampler, DistributedCyclingSampler, EvalShardSampler, per_device_batch
 
 __all__ = ["TextDataset", "ZooDataModule", "missing_data_error", "stratified_split"]
 
@@ -184,7 +186,8 @@ class ZooDataModule(L.LightningDataModule):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed = seed
         self.eval_batch_size = (
-            self.batch_size if eval_batch_size is None
+            self.batch_size
+            if eval_batch_size is None
             else _check_nonneg_int("eval_batch_size", eval_batch_size, positive=True)
         )
         self._datasets: dict[str, Dataset] = {}
@@ -222,7 +225,9 @@ class ZooDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         source = self.split_source(split)
         if source not in SPLITS:
-            raise ValueError(f"{type(self).__name__}.split_source({split!r}) returned {source!r}, not a split")
+            raise ValueError(
+                f"{type(self).__name__}.split_source({split!r}) returned {source!r}, not a split"
+            )
         if source not in self._datasets:
             self._datasets[source] = self._build_split(source)
         return self._datasets[source]
@@ -246,7 +251,10 @@ class ZooDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build (and validate) the datasets the stage needs; raises FileNotFoundError on missing data."""
         needed = {
-            "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",),
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("predict",),
             None: ("train", "val", "test"),
         }
         if stage not in needed:
@@ -263,7 +271,9 @@ class ZooDataModule(L.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def train_sampler(self, rank: int = 0, world_size: int = 1) -> CyclingRandomSampler | DistributedCyclingSampler:
+    def train_sampler(
+        self, rank: int = 0, world_size: int = 1
+    ) -> CyclingRandomSampler | DistributedCyclingSampler:
         """The training sampler for this rank: ``steps_per_epoch * batch_size`` global samples per epoch."""
         dataset_len = len(self.train_dataset)
         if dataset_len == 0:
@@ -271,7 +281,9 @@ class ZooDataModule(L.LightningDataModule):
         num_samples = dataset_len if self.steps_per_epoch is None else self.steps_per_epoch * self.batch_size
         if world_size == 1:
             return CyclingRandomSampler(dataset_len, num_samples, seed=self.seed)
-        return DistributedCyclingSampler(dataset_len, num_samples, seed=self.seed, rank=rank, world_size=world_size)
+        return DistributedCyclingSampler(
+            dataset_len, num_samples, seed=self.seed, rank=rank, world_size=world_size
+        )
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Any = None) -> DataLoader:
         return DataLoader(
@@ -288,19 +300,21 @@ class ZooDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._world()
-        if self.batch_size % world_size != 0:
-            raise ValueError(
-                f"batch_size={self.batch_size} is the effective (global) batch and must be divisible by the "
-                f"number of processes world_size={world_size}"
-            )
-        sampler = self.train_sampler(rank, world_size)
-        return self._loader(self.train_dataset, self.batch_size // world_size, sampler)
+        per_device = per_device_batch(self.batch_size, world_size)
+        return self._loader(self.train_dataset, per_device, self.train_sampler(rank, world_size))
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        rank, world_size = self._world()
+        sampler = (
+            None if world_size == 1 else EvalShardSampler(len(dataset), rank=rank, world_size=world_size)
+        )
+        return self._loader(dataset, self.eval_batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.eval_batch_size)
+        return self._eval_loader(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, self.eval_batch_size)
+        return self._eval_loader(self.test_dataset)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, self.eval_batch_size)
+        return self._eval_loader(self.predict_dataset)

@@ -22,8 +22,17 @@ Lightning and DDP: Lightning replaces a dataloader's sampler with a ``Distribute
 already is a* ``torch.utils.data.DistributedSampler``. :class:`DistributedCyclingSampler` subclasses
 ``DistributedSampler`` for exactly that reason, so our split is never silently replaced or split twice, and
 the DataModules in this package handle the rank themselves (see ``base.ZooDataModule.train_dataloader``).
-``use_distributed_sampler`` may therefore stay at its default; evaluation loaders are plain sequential
-loaders that Lightning shards as usual.
+``use_distributed_sampler`` may therefore stay at its default.
+
+Evaluation under DDP: Lightning's own ``DistributedSampler`` pads the last shard with repeated examples so
+that every rank runs the same number of batches, and the padded duplicates then count in the test metric.
+:class:`EvalShardSampler` (also a ``DistributedSampler`` subclass, so Lightning keeps it) gives rank ``r`` the
+positions ``r, r + world_size, ...`` of the split, without padding: every example is scored exactly once.
+Evaluation steps hold no collective operation (metrics are synced once at epoch end), so shards of unequal
+length are safe.
+
+:func:`per_device_batch` is the one place where the global (effective) batch of a config is split over the
+processes of a run.
 """
 
 from __future__ import annotations
@@ -35,13 +44,44 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
-__all__ = ["CyclingRandomSampler", "DistributedCyclingSampler", "cycle_seed"]
+__all__ = [
+    "CyclingRandomSampler",
+    "DistributedCyclingSampler",
+    "EvalShardSampler",
+    "cycle_seed",
+    "per_device_batch",
+]
 
 
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
     return value
+
+
+def per_device_batch(global_batch: int, world_size: int) -> int:
+    """The batch each process loads per step so that one optimizer step sees ``global_batch`` examples.
+
+    Configs state the paper's effective batch; this is the only place it is divided by the number of
+    processes (devices x nodes). Raises ValueError naming both numbers when the division is not exact.
+
+    Example:
+        >>> per_device_batch(50, 2)
+        25
+        >>> per_device_batch(50, 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size: the effective (global) batch 50 does not divide over world_size=4 processes (50 % 4 = 2); pick a device count that divides 50 or change data.init_args.batch_size
+    """
+    _check_positive_int("batch_size", global_batch)
+    _check_positive_int("world_size", world_size)
+    if global_batch % world_size:
+        raise ValueError(
+            f"batch_size: the effective (global) batch {global_batch} does not divide over world_size={world_size} "
+            f"processes ({global_batch} % {world_size} = {global_batch % world_size}); pick a device count that "
+            f"divides {global_batch} or change data.init_args.batch_size"
+        )
+    return global_batch // world_size
 
 
 def cycle_seed(seed: int, cycle: int) -> int:
@@ -136,7 +176,9 @@ class DistributedCyclingSampler(DistributedSampler):
         (4, 4, True)
     """
 
-    def __init__(self, dataset_len: int, num_samples: int, seed: int = 0, *, rank: int, world_size: int) -> None:
+    def __init__(
+        self, dataset_len: int, num_samples: int, seed: int = 0, *, rank: int, world_size: int
+    ) -> None:
         _check_positive_int("dataset_len", dataset_len)
         _check_positive_int("num_samples", num_samples)
         _check_positive_int("world_size", world_size)
@@ -163,6 +205,37 @@ class DistributedCyclingSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class EvalShardSampler(DistributedSampler):
+    """Sequential evaluation shard of one rank, without padding: every example is evaluated exactly once.
+
+    Rank ``r`` yields ``r, r + world_size, ...`` (so shard lengths differ by at most one). Subclasses
+    ``DistributedSampler`` so that Lightning does not replace it with its padding sampler.
+
+    Example:
+        >>> [list(EvalShardSampler(5, rank=r, world_size=2)) for r in range(2)]
+        [[0, 2, 4], [1, 3]]
+    """
+
+    def __init__(self, dataset_len: int, *, rank: int, world_size: int) -> None:
+        if isinstance(dataset_len, bool) or not isinstance(dataset_len, int) or dataset_len < 0:
+            raise ValueError(f"dataset_len must be a non-negative int, got {dataset_len!r}")
+        _check_positive_int("world_size", world_size)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+        super().__init__(
+            range(dataset_len), num_replicas=world_size, rank=rank, shuffle=False, drop_last=False
+        )
+        self.dataset_len = dataset_len
+        self.num_samples = len(range(rank, dataset_len, world_size))
+        self.total_size = dataset_len
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.dataset_len, self.num_replicas))
 
     def __len__(self) -> int:
         return self.num_samples

@@ -16,6 +16,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heinsen_zoo.backbones.base import GPT2_LARGE_REVISION
+
 from .expected import ExpectedRow
 
 # Where each row's data lives under DATA_DIR, and the files that must exist (any one pattern per entry).
@@ -45,8 +47,8 @@ BACKBONES: dict[str, tuple[str, str | None] | None] = {
     "imdb": ("roberta-large", "5069d8a"),
     "sst5": ("roberta-large", "5069d8a"),
     "sst2": ("roberta-large", "5069d8a"),
-    "sst5_2019": ("gpt2-large", None),
-    "sst2_2019": ("gpt2-large", None),
+    "sst5_2019": ("gpt2-large", GPT2_LARGE_REVISION),
+    "sst2_2019": ("gpt2-large", GPT2_LARGE_REVISION),
     "smallnorb2019": None,
 }
 

@@ -24,7 +24,14 @@ from .expected import ExpectedRow
 
 @dataclass
 class ResultRecord:
-    """What one run measured. ``value`` is in percent, like the published numbers."""
+    """What one run measured and how. ``value`` is in percent, like the published numbers.
+
+    Provenance: ``checkpoint`` is ``"final"`` (the head after the last epoch, what the papers report) or the
+    selection rule used (never the test split); ``world_size`` processes with ``per_device_batch`` each gave
+    the measured ``effective_batch``; ``n_test_examples`` were scored (equal to ``test_split_size``, checked);
+    ``precision``, backbone id + pinned revision, ``git_commit``, ``seed``, ``wall_s`` and ``device`` describe
+    the run; ``resumed_from`` names the checkpoint a resumed run continued from.
+    """
 
     row: str
     value: float
@@ -35,7 +42,19 @@ class ResultRecord:
     split: str = "test"
     device: str = ""
     command: str = ""
-    checkpoint: str = ""
+    checkpoint: str = "final"
+    checkpoint_path: str = ""
+    world_size: int = 1
+    per_device_batch: list = field(default_factory=list)
+    effective_batch: int | None = None
+    n_test_examples: int | None = None
+    test_split_size: int | None = None
+    precision: str = ""
+    backbone_id: str | None = None
+    backbone_revision: str | None = None
+    git_commit: str = ""
+    seed: int | None = None
+    resumed_from: str | None = None
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     @classmethod
@@ -94,8 +113,9 @@ def render_report(
     all_ok is False when any row FAILs or is missing; smoke rows are ok when they ran.
     """
     lines = [
-        "| row | task | paper | published | ours | difference | tolerance | status | wall time | GPUs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | task | paper | published | ours | difference | tolerance | status | checkpoint | n test | "
+        "eff. batch | devices | precision | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ok = True
     for name in names:
@@ -104,15 +124,25 @@ def render_report(
         status = judge(exp, res)
         ok &= status in ("pass", "smoke")
         if res is None:
-            ours = diff = wall = gpus = "—"
+            ours = diff = wall = devices = ckpt = n_test = batch = precision = "—"
         else:
             ours = f"{res.value:.2f}"
             diff = f"{res.value - exp.published:+.2f}" if not res.smoke else "(smoke)"
-            wall, gpus = _fmt_time(res.wall_s), str(res.gpus)
+            wall, devices = _fmt_time(res.wall_s), res.device or str(res.gpus)
+            ckpt, precision = res.checkpoint or "—", res.precision or "—"
+            n_test = "—" if res.n_test_examples is None else str(res.n_test_examples)
+            batch = "—" if res.effective_batch is None else str(res.effective_batch)
         shown = "**FAIL**" if status == "FAIL" else status
         lines.append(
             f"| {name} | {exp.task} | {exp.paper} | {exp.published:.1f} | {ours} | {diff} | "
-            f"±{exp.tolerance:.1f} | {shown} | {wall} | {gpus} |"
+            f"±{exp.tolerance:.1f} | {shown} | {ckpt} | {n_test} | {batch} | {devices} | {precision} | {wall} |"
+        )
+    commits = sorted({r.git_commit for r in results.values() if r is not None and r.git_commit})
+    if commits:
+        lines.append("")
+        lines.append(
+            f"_code: git {', '.join(commits)}; 'final' = the head after the last epoch (as the papers "
+            "report); n test = examples scored, equal to the split's size._"
         )
     if any(r is not None and r.smoke for r in results.values()):
         lines.append("")

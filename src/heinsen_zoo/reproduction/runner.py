@@ -2,25 +2,41 @@
 
     python -m heinsen_zoo.reproduction.runner --group text --gpus 4 --data-dir /data --model-dir /models
     python -m heinsen_zoo.reproduction.runner --rows cifar10 --smoke      # tiny stand-ins on CPU
+    python -m heinsen_zoo.reproduction.runner --rows cifar10 --smoke --devices 2   # DDP over 2 CPU processes
+    python -m heinsen_zoo.reproduction.runner --rows cifar10 --resume     # continue from runs/cifar10 last.ckpt
+    python -m heinsen_zoo.reproduction.runner --rows cifar10 --args "--trainer.num_nodes 2"
     python -m heinsen_zoo.reproduction.runner --report-only               # re-render results/REPORT.md
 
 Without ``--smoke`` a row that fails preflight (no GPU, no data, no backbone weights) stops the run before
-any training with a message saying what is missing. With ``--smoke`` every row runs the whole chain on tiny
-stand-ins (tiny random backbones, small generated data in the real on-disk formats) in minutes on a CPU;
-its numbers are marked as smoke and never reported as reproductions.
+any training with a message saying what is missing (online, missing public data is fetched first, see
+:mod:`heinsen_zoo.data.fetch`). With ``--smoke`` every row runs the whole chain on tiny stand-ins (tiny
+random backbones, small generated data in the real on-disk formats) on a CPU, with the paper's effective
+batch; its numbers are marked as smoke and never reported as reproductions.
+
+Honest numbers: the test number is that of the **final** head (after the last epoch, as the papers
+report), or with ``--select val`` of the checkpoint with the best ``val/acc`` on a validation split that
+is not the test split (e.g. ``--args "--data.init_args.val_fraction 0.1"`` carves one from train); the test
+split never selects anything. Under DDP every test example is scored exactly once, and the run fails if
+the number of examples scored differs from the split's size. Each result JSON records its provenance (see
+:class:`~heinsen_zoo.reproduction.report.ResultRecord`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .expected import ExpectedRow, load_expected, order_by_dependencies, rows_in_group
 from .preflight import DATA_CHECKS, preflight
+from .provenance import BatchProbe, backbone_of, device_name, git_commit
 from .report import ResultRecord, load_results, render_report, write_result
+
+SELECT_CHOICES = ("final", "val")
 
 
 def _metric_value(metrics: dict, key: str = "test/acc") -> float:
@@ -33,51 +49,162 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
+def row_root(row: ExpectedRow, results_dir: Path, smoke: bool) -> Path:
+    """The ``trainer.default_root_dir`` of a row's run (checkpoints in ``<root>/checkpoints``)."""
+    return results_dir / "smoke" / row.name / "run" if smoke else results_dir / "runs" / row.name
+
+
+def device_overrides(smoke: bool, devices: int | None) -> list[str]:
+    """``--devices N``: smoke runs → N CPU processes (DDP over gloo); real runs → N devices of the config's
+    accelerator (DDP when N > 1)."""
+    if not devices:
+        return []
+    out = ["--trainer.devices", str(devices)]
+    if smoke:
+        out += ["--trainer.accelerator", "cpu"]
+    if devices > 1:
+        out += ["--trainer.strategy", "ddp"]
+    return out
+
+
+def _resume_path(root: Path, resume: bool) -> str | None:
+    if not resume:
+        return None
+    path = root / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise SystemExit(
+            f"error: RESUME=1: no checkpoint to resume from at {path} (run the row once without RESUME)"
+        )
+    return str(path)
+
+
+def _val_is_test(datamodule: Any) -> bool:
+    """True when the DataModule validates on its test split (CIFAR/IMDB/ImageNet by default)."""
+    inner = getattr(datamodule, "datamodule", datamodule)  # a cached-features wrapper
+    source = getattr(inner, "split_source", None)
+    return not callable(source) or source("val") == source("test")
+
+
+def _selection(cli: Any, select: str, root: Path):
+    """``(checkpoint label, callback or None)`` for ``select``; refuses to select on the test split."""
+    if select == "final":
+        return "final", None
+    if _val_is_test(cli.datamodule):
+        raise SystemExit(
+            f"error: --select val: {type(cli.datamodule).__name__} validates on its test split, so selecting a "
+            "checkpoint would select on the test set; carve a validation split from train first, e.g. "
+            'ARGS="--data.init_args.val_fraction 0.1", or keep the final head (--select final)'
+        )
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callback = ModelCheckpoint(
+        dirpath=root / "checkpoints" / "selected",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        filename="best-epoch{epoch:02d}",
+        auto_insert_metric_name=False,
+    )
+    return "best val/acc on a validation split carved from train", callback
+
+
+def _test_split_size(datamodule: Any) -> int | None:
+    for getter in (lambda: datamodule.test_dataset, lambda: datamodule._get("test")):
+        try:
+            return len(getter())
+        except Exception:  # noqa: BLE001 - a DataModule without that accessor
+            continue
+    return None
+
+
 def run_row(
-    row: ExpectedRow, *, data_dir: Path, results_dir: Path, gpus: int, logger: str, precision: str | None,
-    smoke: bool, extra_overrides: list[str] | None = None,
+    row: ExpectedRow,
+    *,
+    data_dir: Path,
+    results_dir: Path,
+    gpus: int,
+    logger: str,
+    precision: str | None,
+    smoke: bool,
+    extra_overrides: list[str] | None = None,
+    devices: int | None = None,
+    resume: bool = False,
+    select: str = "final",
 ) -> ResultRecord:
-    """Fit and test one row; returns (and writes) its result record."""
+    """Fit and test one row; returns (and writes, on global rank zero) its result record."""
     from heinsen_zoo.cli import build_experiment
 
+    root = row_root(row, results_dir, smoke)
+    options: dict[str, Any] = {"logger": logger}
     if smoke:
         from .smoke import prepare_smoke
 
         overrides = prepare_smoke(row.name, results_dir / "smoke" / row.name, results_dir)
-        options = {"logger": logger}
+        overrides += device_overrides(True, devices)
     else:
         sub = DATA_CHECKS.get(row.name, (row.name, []))[0]
-        overrides = ["--data.init_args.data_dir", str(data_dir / sub)]
-        overrides += ["--trainer.default_root_dir", str(results_dir / "runs" / row.name)]
-        if precision:
-            overrides += ["--trainer.precision", precision]
-        options = {"logger": logger, "gpus": gpus}
+        overrides = [
+            "--data.init_args.data_dir",
+            str(data_dir / sub),
+            "--trainer.default_root_dir",
+            str(root),
+        ]
+        options["gpus"] = devices or gpus
+    if precision:
+        overrides += ["--trainer.precision", precision]
     overrides += extra_overrides or []
+    ckpt_path = _resume_path(root, resume)
     start = time.perf_counter()
     cli = build_experiment(row.experiment, overrides, **options)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    ckpt = "best" if cli.trainer.checkpoint_callback and cli.trainer.checkpoint_callback.best_model_path else None
-    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+    trainer = cli.trainer
+    label, selector = _selection(cli, select, root)
+    probe = BatchProbe(root)
+    trainer.callbacks += [probe] + ([selector] if selector is not None else [])
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    tested_ckpt = selector.best_model_path if selector is not None else None
+    tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested_ckpt)
     wall = time.perf_counter() - start
+    n_scored = int(round(float(tested[0].get("test/n_examples", -1))))
+    split_size = _test_split_size(cli.datamodule)
+    if split_size is not None and n_scored != split_size:
+        raise RuntimeError(
+            f"{row.name}: the test scored {n_scored} examples, the test split has {split_size}; "
+            "the number would not be that of the split (padding duplicates or dropped examples)"
+        )
+    batches = probe.summary()
+    backbone = backbone_of(cli.model)
     record = ResultRecord(
-        row=row.name, value=_metric_value(tested[0]), wall_s=wall, gpus=0 if smoke else gpus, smoke=smoke,
-        metric=row.metric, split=row.test_split or row.split, device=_device_name(cli.trainer),
-        command=" ".join(sys.argv), checkpoint=str(getattr(cli.trainer.checkpoint_callback, "best_model_path", "")),
+        row=row.name,
+        value=_metric_value(tested[0]),
+        wall_s=wall,
+        smoke=smoke,
+        metric=row.metric,
+        gpus=trainer.world_size if trainer.strategy.root_device.type == "cuda" else 0,
+        split=row.test_split or row.split,
+        device=device_name(trainer),
+        command=" ".join(sys.argv),
+        checkpoint=label,
+        checkpoint_path=tested_ckpt or str(root / "checkpoints" / "last.ckpt"),
+        world_size=trainer.world_size,
+        per_device_batch=batches["per_device_batch"],
+        effective_batch=batches["effective_batch"],
+        n_test_examples=n_scored,
+        test_split_size=split_size,
+        precision=str(trainer.precision),
+        backbone_id=backbone["id"],
+        backbone_revision=backbone["revision"],
+        git_commit=git_commit(),
+        seed=_seed(),
+        resumed_from=ckpt_path,
     )
-    if _is_rank_zero():
+    if trainer.is_global_zero:
         write_result(record, results_dir)
     return record
 
 
-def _device_name(trainer) -> str:
-    try:
-        import torch
-
-        if trainer.strategy.root_device.type == "cuda":
-            return f"{trainer.num_devices}x {torch.cuda.get_device_name(trainer.strategy.root_device)}"
-    except Exception:  # noqa: BLE001 - best-effort description only
-        pass
-    return "cpu"
+def _seed() -> int | None:
+    value = os.environ.get("PL_GLOBAL_SEED")
+    return int(value) if value is not None and value.lstrip("-").isdigit() else None
 
 
 def report(names: list[str], results_dir: Path, smoke: bool, rows: dict[str, ExpectedRow]) -> bool:
@@ -93,12 +220,33 @@ def report(names: list[str], results_dir: Path, smoke: bool, rows: dict[str, Exp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="heinsen-zoo-reproduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="heinsen-zoo-reproduce",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--group", choices=["vision", "text", "2019"], help="rows of one paper group")
     which.add_argument("--rows", nargs="+", help="row names (dependencies are added first)")
-    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument(
+        "--gpus", type=int, default=1, help="GPUs of this machine (DDP when > 1; same effective batch)"
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="processes: with --smoke N CPU processes (DDP over gloo), else N devices (like --gpus)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue each row from its <root>/checkpoints/last.ckpt"
+    )
+    p.add_argument(
+        "--select",
+        choices=SELECT_CHOICES,
+        default="final",
+        help="tested checkpoint: final (default, as the papers) or val (best val/acc; never the test split)",
+    )
+    p.add_argument("--args", default="", help='extra LightningCLI overrides, e.g. "--trainer.num_nodes 2"')
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--model-dir", type=Path, default=None, help="local backbone weights (HEINSEN_MODEL_DIR)")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -124,23 +272,45 @@ def main(argv: list[str] | None = None) -> int:
             suffix = ".smoke.json" if args.smoke else ".json"
             names = [n for n in rows if (args.results_dir / f"{n}{suffix}").is_file()]
             if not names:
-                print(f"report: no results under {args.results_dir} (run a reproduce target first)", file=sys.stderr)
+                print(
+                    f"report: no results under {args.results_dir} (run a reproduce target first)",
+                    file=sys.stderr,
+                )
                 return 1
         return 0 if report(names, args.results_dir, args.smoke, rows) else 1
     if args.model_dir:
         os.environ["HEINSEN_MODEL_DIR"] = str(args.model_dir)
     if not args.smoke and not args.skip_preflight:
-        reports = [preflight(rows[n], args.data_dir, args.gpus, args.model_dir, args.results_dir) for n in names]
+        gpus = args.devices or args.gpus
+        reports = [preflight(rows[n], args.data_dir, gpus, args.model_dir, args.results_dir) for n in names]
         for r in reports:
             print(r.render())
         if not all(r.ok for r in reports):
-            print("\npreflight failed: nothing was trained. Fix the problems above (or run with SMOKE=1 to check "
-                  "the chain on tiny stand-ins).", file=sys.stderr)
+            print(
+                "\npreflight failed: nothing was trained. Fix the problems above (or run with SMOKE=1 to check "
+                "the chain on tiny stand-ins).",
+                file=sys.stderr,
+            )
             return 2
+    if args.devices is not None and args.devices < 1:
+        print(f"error: --devices: expected an integer >= 1, got {args.devices}", file=sys.stderr)
+        return 2
+    extra = shlex.split(args.args)
     for name in names:
         print(f"\n=== {name}{' (smoke)' if args.smoke else ''}: {rows[name].task} ===", flush=True)
-        run_row(rows[name], data_dir=args.data_dir, results_dir=args.results_dir, gpus=args.gpus,
-                logger=args.logger, precision=args.precision, smoke=args.smoke)
+        run_row(
+            rows[name],
+            data_dir=args.data_dir,
+            results_dir=args.results_dir,
+            gpus=args.gpus,
+            logger=args.logger,
+            precision=args.precision,
+            smoke=args.smoke,
+            extra_overrides=extra,
+            devices=args.devices,
+            resume=args.resume,
+            select=args.select,
+        )
     if not _is_rank_zero():
         return 0
     return 0 if report(names, args.results_dir, args.smoke, rows) else 1

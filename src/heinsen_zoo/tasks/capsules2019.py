@@ -3,9 +3,9 @@
 Regime: RAdam at max lr ``lr`` (5e-4); a one-cycle schedule over all optimizer steps with ``pct_start`` (10%)
 warm-up from ``min_lr`` and cosine decay back to ``min_lr`` (1e-5), momentum (RAdam's beta1) cycled
 0.95 → 0.85 → 0.95; soft-target cross-entropy on the class logits ``a_out``; mixup with one ratio
-``r ~ Beta(mixup_alpha, mixup_alpha)`` per batch and the batch rolled by one as partner
+``r ~ Beta(mixup_alpha, mixup_alpha)`` per example and example i + 1 as the partner of example i
 (:mod:`heinsen_zoo.tasks.mixup`). Metrics: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``,
-``test/loss``, ``test/acc`` (torchmetrics accuracy).
+``test/loss``, ``test/acc`` (torchmetrics accuracy), ``val/n_examples``, ``test/n_examples`` (examples scored).
 
 * :class:`SmallNORBTask` trains :class:`~heinsen_zoo.capsules2019.SmallNORBClassifier` on batches
   ``{"image": [B, 2, 96, 96], "label": [B], ...}`` (e.g. :class:`~heinsen_zoo.data.smallnorb.SmallNORBDataModule`),
@@ -41,8 +41,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from heinsen_zoo.capsules2019 import SmallNORBClassifier, SSTClassifier
 
+from .counting import ExampleCounter
 from .losses import soft_target_cross_entropy
 from .mixup import HiddenStateMixup
+from .rng import RNG_STATE_KEY, restore_rng_states, rng_states
 
 __all__ = ["SSTCapsuleTask", "SmallNORBTask", "one_cycle_schedule"]
 
@@ -83,7 +85,9 @@ def one_cycle_schedule(
     )
 
 
-def _check_regime(lr: float, min_lr: float, pct_start: float, mixup_alpha: float | None, weight_decay: float) -> None:
+def _check_regime(
+    lr: float, min_lr: float, pct_start: float, mixup_alpha: float | None, weight_decay: float
+) -> None:
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr: expected a float > 0, got {lr!r}")
     if not (isinstance(min_lr, (int, float)) and 0 < min_lr <= lr):
@@ -114,6 +118,7 @@ class _CapsuleTask(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=n_classes, average="micro")
+        self.example_counter = ExampleCounter()  # <stage>/n_examples over every process
 
     def _inputs(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(x, padding_mask or None)`` of a batch, before mixup."""
@@ -132,7 +137,9 @@ class _CapsuleTask(pl.LightningModule):
             )
         n_classes = self.hparams.get("n_objs", self.hparams.get("n_classes"))
         if n and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-            raise ValueError(f"batch['label']: expected classes in 0..{n_classes - 1}, got {labels.tolist()[:10]}")
+            raise ValueError(
+                f"batch['label']: expected classes in 0..{n_classes - 1}, got {labels.tolist()[:10]}"
+            )
         return labels
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -161,6 +168,8 @@ class _CapsuleTask(pl.LightningModule):
         metric(logits.argmax(-1), labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.example_counter.update(stage, labels)
+        self.example_counter.log(self, stage, len(labels))
         return loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -180,17 +189,26 @@ class _CapsuleTask(pl.LightningModule):
             weight_decay=self.hparams.weight_decay,
         )
         scheduler = one_cycle_schedule(
-            optimizer, self.trainer.estimated_stepping_batches, self.hparams.lr, self.hparams.min_lr,
+            optimizer,
+            self.trainer.estimated_stepping_batches,
+            self.hparams.lr,
+            self.hparams.min_lr,
             self.hparams.pct_start,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[MIXUP_STATE_KEY] = self.mixup.state_dict()
+        checkpoint[RNG_STATE_KEY] = rng_states()  # augmentations draw from them: exact resume
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if MIXUP_STATE_KEY in checkpoint:
             self.mixup.load_state_dict(checkpoint[MIXUP_STATE_KEY])
+        if RNG_STATE_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_STATE_KEY])
 
 
 class SmallNORBTask(_CapsuleTask):
@@ -281,7 +299,9 @@ class SSTCapsuleTask(_CapsuleTask):
             d_depth=d_depth, d_emb=d_emb, d_inp=d_inp, d_cap=d_cap, n_parts=n_parts, n_classes=n_classes
         )
         self._setup_regime(n_classes, mixup_alpha)
-        self._backbone: list[torch.nn.Module] = []  # built lazily; in a list so it is no submodule (never saved)
+        self._backbone: list[
+            torch.nn.Module
+        ] = []  # built lazily; in a list so it is no submodule (never saved)
 
     def _hidden_from_text(self, texts: object) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.hparams.backbone is None:
@@ -331,6 +351,8 @@ class SSTCapsuleTask(_CapsuleTask):
         if padding_mask is None:
             mask = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)  # [B, n_tok]
         else:
-            x = x.masked_fill(padding_mask[:, :, None, None], 0.0)  # caches may hold anything (even NaN) at padding
+            x = x.masked_fill(
+                padding_mask[:, :, None, None], 0.0
+            )  # caches may hold anything (even NaN) at padding
             mask = (~padding_mask).to(x.dtype)  # [B, n_tok], 1 = token
         return self.model(mask, x)[0]

@@ -2,9 +2,10 @@
 
 Only the head trains: the backbone is frozen, in eval mode and under no_grad; RAdam at max lr ``lr`` with a
 OneCycleLR schedule (``pct_start``) stepped every optimizer step over ``trainer.estimated_stepping_batches``;
-mixup in hidden-state space (one ``r ~ Beta(alpha, alpha)`` per batch, partner = the batch rolled by one,
+mixup in hidden-state space (one ``r ~ Beta(alpha, alpha)`` per example, partner = example i + 1,
 see :mod:`heinsen_zoo.tasks.mixup`) and soft-target cross-entropy. Validation/test log plain cross-entropy
-and top-k accuracy (``val/acc``, ``val/acc_top5``, ``test/acc``, ...).
+and top-k accuracy (``val/acc``, ``val/acc_top5``, ``test/acc``, ...) and the number of examples scored
+(``val/n_examples``, ``test/n_examples``, summed over every process).
 
 Hyperparameters are plain values only (dicts, lists, strings, numbers), so checkpoints load with
 ``torch.load(weights_only=True)`` and LightningCLI configs stay flat. Checkpoints hold the head only
@@ -43,8 +44,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from heinsen_zoo.model import RoutingClassifier
 
+from .counting import ExampleCounter
 from .losses import soft_target_cross_entropy
 from .mixup import HiddenStateMixup
+from .rng import RNG_STATE_KEY, restore_rng_states, rng_states
 
 __all__ = ["ExportPretrainedHead", "RoutingClassificationTask", "read_head_state"]
 
@@ -194,6 +197,8 @@ class RoutingClassificationTask(pl.LightningModule):
                 for k in self.hparams.top_k
             }
         )
+        # <stage>/n_examples: how many examples the reported numbers were computed on
+        self.example_counter = ExampleCounter()
         # One mixing-ratio generator, seeded from torch's seed (seed_everything makes runs reproducible);
         # its state is saved in checkpoints so a resumed run draws the same ratios.
         self.mixup = HiddenStateMixup(mixup_alpha, seed=torch.initial_seed())
@@ -369,6 +374,8 @@ class RoutingClassificationTask(pl.LightningModule):
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(logits.detach(), labels)
             self.log(f"{stage}/{name}", metric, prog_bar=True, on_step=False, on_epoch=True, batch_size=size)
+        self.example_counter.update(stage, labels)
+        self.example_counter.log(self, stage, size)
         return loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -425,7 +432,8 @@ class RoutingClassificationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep head keys only (the backbone comes back from the spec) and the mixup generator state."""
+        """Keep head keys only (the backbone comes back from the spec), the mixup generator state and the
+        global random states (:mod:`heinsen_zoo.tasks.rng`)."""
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
         if not checkpoint["state_dict"]:
@@ -433,6 +441,7 @@ class RoutingClassificationTask(pl.LightningModule):
                 f"on_save_checkpoint: no '{HEAD_PREFIX}*' keys in the state dict {sorted(state)[:5]}"
             )
         checkpoint[MIXUP_STATE_KEY] = self.mixup.state_dict()
+        checkpoint[RNG_STATE_KEY] = rng_states()  # augmentations draw from them: exact resume
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
@@ -444,6 +453,8 @@ class RoutingClassificationTask(pl.LightningModule):
             )
         if MIXUP_STATE_KEY in checkpoint:
             self.mixup.load_state_dict(checkpoint[MIXUP_STATE_KEY])
+        if RNG_STATE_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_STATE_KEY])
         self._head_initialized = True  # resumed weights win over init_from
 
     # ------------------------------------------------------------------ export

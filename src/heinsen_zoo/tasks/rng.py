@@ -1,0 +1,63 @@
+"""The global random states, saved in checkpoints so that a resumed run continues bit-identically.
+
+Training augmentations (random crops, RandAugment) draw from the global torch / Python / NumPy generators,
+which Lightning does not checkpoint: a run resumed from ``last.ckpt`` would otherwise draw different
+augmentations than the uninterrupted run. The tasks store :func:`rng_states` under :data:`RNG_STATE_KEY` in
+``on_save_checkpoint`` and :func:`restore_rng_states` puts them back in ``on_load_checkpoint``. Every value is
+a tensor, int, str or tuple, so checkpoints still load with ``torch.load(weights_only=True)``.
+
+Under DDP the checkpoint holds rank 0's states; every rank resumes from them (the ranks of a fresh run are
+seeded identically by ``seed_everything``).
+
+Example:
+    >>> import torch
+    >>> state = rng_states()
+    >>> a = torch.rand(2)
+    >>> restore_rng_states(state)
+    >>> bool(torch.equal(a, torch.rand(2)))
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["RNG_STATE_KEY", "restore_rng_states", "rng_states"]
+
+RNG_STATE_KEY = "heinsen_zoo_rng_states"
+
+
+def rng_states() -> dict[str, Any]:
+    """The torch (CPU and every CUDA device), Python and NumPy global generator states."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": (version, tuple(internal), gauss),
+        "numpy": (str(kind), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(cached)),
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Any) -> None:
+    """Put back the states saved by :func:`rng_states` (missing entries are left as they are)."""
+    if not isinstance(states, dict):
+        raise ValueError(f"{RNG_STATE_KEY}: expected a dict of generator states, got {type(states).__name__}")
+    if "torch" in states:
+        torch.set_rng_state(states["torch"].cpu())
+    if "python" in states:
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in states:
+        kind, keys, pos, has_gauss, cached = states["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    cuda = states.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
