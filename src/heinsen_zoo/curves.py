@@ -23,11 +23,12 @@ from __future__ import annotations
 import csv
 import math
 import os
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["MetricPoint", "read_metrics", "plot_learning_curves"]
+__all__ = ["MetricPoint", "read_metrics", "plot_learning_curves", "save_png"]
 
 
 class MetricPoint(NamedTuple):
@@ -127,7 +128,6 @@ def plot_learning_curves(
     Raises ValueError when neither ``train_loss`` nor ``val_acc`` was logged (naming the columns present).
     """
     from heinsen_zoo.explain import _plt
-    from heinsen_zoo.zoo.hub import _atomic_write_bytes
 
     series = read_metrics(metrics)
     if train_loss not in series and val_acc not in series:
@@ -198,8 +198,21 @@ def plot_learning_curves(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
 
+    out = save_png(fig, out_png)
+    plt.close(fig)
+    return out
+
+
+def save_png(fig: Any, out_png: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically (a temporary file in the same folder, then renamed)."""
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
