@@ -166,7 +166,7 @@ def test_identical_weights_give_identical_files_with_ordinary_modes(tmp_path):
     out = tmp_path / "e0"
     assert out.stat().st_mode & 0o777 == 0o755
     assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
-        "config.json": 0o644, "model.safetensors": 0o644,
+        "config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644,
     }  # fmt: skip
     raw = (out / "model.safetensors").read_bytes()
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])

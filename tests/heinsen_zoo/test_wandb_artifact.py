@@ -46,7 +46,7 @@ def test_export_logged_as_model_artifact_offline(offline):
     finally:
         run.finish()
     assert artifact.type == "model" and artifact.name.startswith("cifar10-seed-0-head")
-    assert sorted(artifact.manifest.entries) == ["config.json", "model.safetensors"]
+    assert sorted(artifact.manifest.entries) == ["README.md", "config.json", "model.safetensors"]
     assert artifact.metadata["head"] == {"d_depth": 3, "d_emb": 16, "n_classes": 2, "n_hid": 4}
     assert artifact.metadata["backbone"]["revision"] == "5069d8a"
     assert artifact.metadata["metrics"] == {"test/acc": 0.5}

@@ -59,7 +59,7 @@ def cached_batch(seed: int = 1) -> dict:
 def test_round_trip_is_bit_exact(tmp_path):
     model = tiny_classifier()
     out = save_pretrained(model, tmp_path / "export", extra_config={"metrics": {"val/acc": 0.75}})
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["schema_version"] == 1 and config["architecture"] == "routing_head"
     assert config["head"] == {"d_depth": 3, "d_emb": 16, "n_classes": 4, "n_hid": 8}

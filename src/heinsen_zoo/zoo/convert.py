@@ -32,7 +32,7 @@ Example:
     >>> cfg = {"backbone": {"source": "hf", "id": "x", "revision": None, "kind": "text"}}
     >>> out = convert_original_state_dict(d / "h.pt", d / "export", cfg)
     >>> sorted(p.name for p in out.iterdir())
-    ['config.json', 'model.safetensors']
+    ['README.md', 'config.json', 'model.safetensors']
 """
 
 from __future__ import annotations

@@ -234,6 +234,9 @@ def fetch_published(
     try:
         convert_original_state_dict(raw, staging, entry_name)
         _record_source(staging, url, git_blob)
+        from heinsen_zoo.zoo.card import write_model_card
+
+        write_model_card(staging)  # again: the card names the URL and blob id now
         if export.exists():  # an incomplete earlier attempt
             shutil.rmtree(export)
         os.replace(staging, export)

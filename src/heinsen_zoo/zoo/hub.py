@@ -73,7 +73,7 @@ SCHEMA_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 #: What an export directory may hold; re-exporting replaces the directory (these files) as a whole.
-EXPORT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md"})
+EXPORT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME, "README.md", "model.onnx"})  # card, ONNX: derived
 #: Largest head argument a config may state (checked before anything is built; weights must agree too).
 MAX_HEAD_ARG = 1 << 20
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -349,7 +349,7 @@ def write_export(
         ...        "n_classes": 3, "n_hid": 4}, "backbone": {"source": "hf", "id": "x", "revision": None}}
         >>> d = write_export(RoutingHead(2, 8, 3, n_hid=4).state_dict(), cfg, tempfile.mkdtemp())
         >>> sorted(p.name for p in d.iterdir())
-        ['config.json', 'model.safetensors']
+        ['README.md', 'config.json', 'model.safetensors']
     """
     config = validate_config({**dict(config), "schema_version": config.get("schema_version", SCHEMA_VERSION)})
     _check_class_count(
@@ -373,6 +373,11 @@ def write_export(
             raise TypeError(f"write_export: the config must hold plain JSON values only ({err})") from err
         with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as handle:
             handle.write(text)
+        from heinsen_zoo.zoo.card import write_model_card
+
+        write_model_card(
+            tmp
+        )  # README.md: the model card (Hugging Face front matter), swapped in with the rest
 
     return files.replace_directory(directory, fill, EXPORT_FILES)
 
