@@ -167,7 +167,17 @@ def test_kill_9_mid_epoch_then_make_resume_gives_the_uninterrupted_final_head(tm
     marker = tmp_path / "stalled"
     killed, plain = tmp_path / "killed", tmp_path / "plain"
     env = _env(tmp_path) | {"STALL_MARKER": str(marker)}
-    make = ["make", "-s", "-C", str(REPO), "reproduce-cifar10", "SMOKE=1", f"PY={sys.executable}"]
+    make = [
+        "make",
+        "-s",
+        "-C",
+        str(REPO),
+        "-o",
+        ".venv/.installed",
+        "reproduce-cifar10",
+        "SMOKE=1",
+        f"PY={sys.executable}",
+    ]
     proc = subprocess.Popen(
         [*make, f"RESULTS_DIR={killed}", "ARGS=--trainer.callbacks+=stall.StallInEpoch1"],
         env=env,
