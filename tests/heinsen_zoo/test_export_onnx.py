@@ -27,8 +27,9 @@ def trained_like(padding: str = "mask") -> RoutingClassifier:
     return model.eval()
 
 
+@pytest.mark.slow  # torch.onnx.export(dynamo=True) alone takes 12-35 s on 2 shared cores (`make test-all`)
 def test_masked_head_round_trip_with_dynamic_axes(tmp_path, capsys):
-    """One export (the exporter takes ~10 s on 2 shared cores): CLI, metadata, fresh shapes, padding."""
+    """One export: CLI, metadata, fresh shapes, padding."""
     model = trained_like("mask")
     export_dir = save_pretrained(model, tmp_path / "export")
     assert main([str(export_dir), str(tmp_path / "head.onnx")]) == 0
@@ -78,3 +79,32 @@ def test_bad_arguments_are_refused_before_exporting(tmp_path):
     with pytest.raises(ValueError, match="padding"):
         export_onnx(RoutingHead(2, 8, 3, n_hid=4), tmp_path / "x.onnx", padding="zeros")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_export_with_onnx(tmp_path, capsys):
+    """`heinsen-zoo export CKPT OUT_DIR --onnx`: export directory with card and a checked model.onnx."""
+    from heinsen_zoo.cli import main as cli_main
+
+    model = trained_like("none")
+    hparams = {"backbone": SPEC, "n_classes": 3, "d_depth": 3, "d_emb": 16, "n_hid": 4, "labels": None,
+               "padding": "none", "lr": 1e-3, "pct_start": 0.3, "mixup_alpha": None, "top_k": [1],
+               "freeze": "none", "init_from": None, "replace_last": False, "export_dir": None}  # fmt: skip
+    checkpoint = {"epoch": 0, "global_step": 1, "pytorch-lightning_version": "2.5.0", "hyper_parameters": hparams,
+                  "state_dict": {"model." + k: v for k, v in model.state_dict().items()}}  # fmt: skip
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    assert cli_main(["export", str(tmp_path / "last.ckpt"), str(tmp_path / "out"), "--onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "README.md model card" in printed and "onnxruntime check" in printed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md", "config.json", "model.onnx", "model.safetensors",
+    ]  # fmt: skip
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    hidden = torch.randn(4, 9, 3, 16)
+    with torch.no_grad():
+        expected = model.head(hidden).numpy()
+    np.testing.assert_allclose(
+        session.run(None, {"hidden": hidden.numpy()})[0], expected, atol=ATOL, rtol=RTOL
+    )
+    # Re-exporting into the same directory replaces it (model.onnx belongs to an export).
+    assert cli_main(["export", str(tmp_path / "last.ckpt"), str(tmp_path / "out")]) == 0

@@ -106,3 +106,14 @@ def test_bad_repo_id_and_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OfflineError, match="HF_HUB_OFFLINE"):
         publish.push_to_hub(out, "me/x", api=object())
+
+
+def test_heinsen_zoo_push_command(fake_hub, tmp_path, capsys):
+    from heinsen_zoo.cli import main
+
+    _, out = exported(tmp_path)
+    assert main(["push", str(out), "me/cli-head", "--message", "first head"]) == 0
+    assert fake_hub.commits[0]["message"] == "first head"
+    assert "https://huggingface.co/me/cli-head" in capsys.readouterr().out
+    assert main(["push", str(out), "not-a-repo-id"]) == 2
+    assert "error: repo_id: expected 'OWNER/REPO'" in capsys.readouterr().err
