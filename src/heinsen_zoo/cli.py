@@ -22,9 +22,7 @@ Zoo subcommands (plain argparse)::
     heinsen-zoo infer MODEL INPUT... [--top-k 5] [--json] [--explain DIR] [--batch-size 8]
                       [--device cpu|cuda] [--text]  # predict (MODEL: registry name or export dir)
     heinsen-zoo convert original|lightning|verify ...  # checkpoints -> export format (heinsen_zoo.zoo.convert)
-    heinsen-zoo export CKPT OUT_DIR [--onnx]       # a Lightning .ckpt -> export dir (config.json + safetensors
-                                                   # + model card README.md; --onnx adds a checked model.onnx)
-    heinsen-zoo push EXPORT_DIR OWNER/REPO [--private]  # upload an export with its card to the Hugging Face Hub
+    heinsen-zoo export CKPT OUT_DIR                # a Lightning .ckpt -> export dir (config.json + safetensors)
 
 ``infer`` inputs: image files or folders (vision models), texts or .txt files (text models; ``--text`` treats
 every INPUT as text), NORB ``*-dat.mat[.gz]`` files or (left, right) pairs of 96x96 grey PNGs (smallNORB).
@@ -52,6 +50,8 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGGERS = {
@@ -114,8 +114,6 @@ def experiment_config_file(spec: dict[str, Any], stem: str) -> Path:
     """
     import hashlib
 
-    import yaml
-
     from heinsen_zoo.zoo.registry import cache_dir
 
     text = yaml.safe_dump(spec, sort_keys=False)
@@ -156,8 +154,6 @@ def expand_experiment_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     inserted: list[str] = []
     if experiment is not None:
         path = experiment_path(experiment)
-        import yaml  # lazily: list/info/--help run on a base install (without the zoo extra)
-
         spec = yaml.safe_load(path.read_text()) or {}
         defaults = spec.pop("defaults", []) or []
         for fragment in defaults:
@@ -188,10 +184,14 @@ def _make_cli_class():
 
         zoo_options: dict[str, Any] = {}
 
+        def _parse_ckpt_path(self) -> None:  # LightningCLI reads the checkpoint's hparams here: check it first
+            if self.config.get("subcommand"):
+                _guard_ckpt_path(self.config[self.config.subcommand])
+            super()._parse_ckpt_path()
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             _link_backbone_to_cache(config)
-            _guard_ckpt_path(config)
             _apply_gpus(config, self.zoo_options.get("gpus"))
             _apply_checkpoint_dir(config)
             _apply_logger(config, self.zoo_options.get("logger", "csv"), self.zoo_options.get("experiment"))
@@ -269,7 +269,9 @@ def _guard_ckpt_path(config: Any) -> None:
 
     A URL is refused (download it, then pass the file); a local file is read by the zoo's safe loader
     (:func:`heinsen_zoo.zoo.convert.safe_torch_load`: refused before anything is unpickled if it holds
-    arbitrary objects) before Lightning sees it, and Lightning is told ``weights_only=True``.
+    arbitrary objects) before Lightning sees it, its hyper-parameters (which LightningCLI merges into the
+    model's config) may name only heinsen_zoo classes and a plain backbone spec, and Lightning is told
+    ``weights_only=True``.
     """
     if not hasattr(config, "get") or "ckpt_path" not in config:
         return
@@ -291,7 +293,19 @@ def _guard_ckpt_path(config: Any) -> None:
     path = Path(text).expanduser()
     if not path.is_file():
         raise SystemExit(f"error: --ckpt_path: checkpoint file {text!r} not found")
-    safe_torch_load(path)  # UnsafeCheckpointError / CorruptFileError before Lightning unpickles anything
+    ckpt = safe_torch_load(path)  # UnsafeCheckpointError / CorruptFileError before Lightning unpickles anything
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if isinstance(hparams, dict):  # LightningCLI turns these into the model's config: they are data too
+        class_path = hparams.get("_class_path")
+        if class_path is not None and not str(class_path).startswith("heinsen_zoo."):
+            raise SystemExit(
+                f"error: --ckpt_path {text}: its hyper_parameters name the class {class_path!r}; only heinsen_zoo "
+                "tasks are instantiated from a checkpoint"
+            )
+        if isinstance(hparams.get("backbone"), dict):
+            from heinsen_zoo.backbones._resolve import check_spec_from_file
+
+            check_spec_from_file(hparams["backbone"], f"{text} (hyper_parameters)")
     config["weights_only"] = True
 
 
@@ -420,11 +434,6 @@ def _zoo_parser() -> argparse.ArgumentParser:
     p_export = sub.add_parser("export", help="export a Lightning .ckpt of a routing head to OUT_DIR")
     p_export.add_argument("ckpt", help="a RoutingClassificationTask checkpoint (.ckpt)")
     p_export.add_argument("out_dir", help="the export directory to write (config.json + model.safetensors)")
-    p_export.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx (checked with onnxruntime)")
-    p_export.add_argument("--opset", type=int, default=18, help="ONNX opset for --onnx (default 18)")
-    p_push = sub.add_parser("push", help="upload an export directory with its model card to the Hugging Face Hub",
-                            add_help=False)  # fmt: skip
-    p_push.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -434,10 +443,6 @@ def run_zoo(argv: list[str]) -> int:
         from heinsen_zoo.zoo import convert
 
         return 0 if convert.main(argv[1:]) == 0 else 2
-    if argv and argv[0] == "push":  # its own parser (heinsen_zoo.zoo.publish)
-        from heinsen_zoo.zoo import publish
-
-        return 0 if publish.main(argv[1:]) == 0 else 2
     args = _zoo_parser().parse_args(argv)
     if args.command == "experiments":
         for name, title in list_experiments().items():
@@ -458,11 +463,7 @@ def run_zoo(argv: list[str]) -> int:
             from heinsen_zoo.zoo.convert import export_lightning_checkpoint
 
             out = export_lightning_checkpoint(args.ckpt, args.out_dir)
-            print(f"wrote {out} (config.json + model.safetensors + README.md model card)")
-            if args.onnx:
-                from heinsen_zoo.export_onnx import describe, export_onnx
-
-                print(describe(export_onnx(out, out / "model.onnx", opset=args.opset)))
+            print(f"wrote {out} (config.json + model.safetensors)")
             return 0
         if args.command == "infer":
             from heinsen_zoo.inference import InputTruncatedWarning, format_json, format_table, predict

@@ -61,7 +61,9 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DEFAULT_MAX_CHUNKS",
     "IMAGE_SUFFIXES",
+    "InputTruncatedWarning",
     "Prediction",
     "SPEC_EVAL_PREPROCESSING",
     "format_json",
@@ -84,6 +86,9 @@ SPEC_EVAL_PREPROCESSING: dict[str, Any] = {
     "mean": [0.5, 0.5, 0.5],
     "std": [0.5, 0.5, 0.5],
 }
+#: Chunks per text when neither the call, the model's preprocessing nor its backbone spec sets ``max_chunks``.
+DEFAULT_MAX_CHUNKS = 8
+_CHARS_PER_TOKEN = 16  # generous: texts longer than max_chunks * max_length * 16 characters cannot fit anyway
 _SMALLNORB_LABELS = ("animal", "human", "airplane", "truck", "car")  # smallNORB categories 0..4
 _NORB_SIZE = 96
 
@@ -109,6 +114,7 @@ class Prediction:
     class_indices: list[int]
     index: int
     explanation: str | None = None
+    note: str | None = None  # e.g. how a long text was truncated
 
     @property
     def label(self) -> str:
@@ -130,6 +136,7 @@ class Prediction:
                 for (label, prob), k in zip(self.top_k, self.class_indices, strict=True)
             ],
             "explanation": self.explanation,
+            "note": self.note,
         }
 
 
@@ -163,7 +170,9 @@ def format_table(predictions: Sequence[Prediction], input_width: int = 48) -> st
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     explained = [p for p in predictions if p.explanation]
     if explained:
-        lines.append(f"credit assignment written for {len(explained)} input(s) to {Path(explained[0].explanation).parent}")
+        lines.append(
+            f"credit assignment written for {len(explained)} input(s) to {Path(explained[0].explanation).parent}"
+        )
     return "\n".join(lines)
 
 
@@ -212,12 +221,16 @@ def resolve_image_preprocessing(preprocessing: Mapping[str, Any] | None) -> dict
         size = int(size if size is not None else SPEC_EVAL_PREPROCESSING["image_size"])
         crop_pct = float(cfg.get("crop_pct") or SPEC_EVAL_PREPROCESSING["crop_pct"])
         if size < 1 or not 0.0 < crop_pct <= 1.0:
-            raise ValueError(f"preprocessing: expected image_size >= 1 and crop_pct in (0, 1], got {size}, {crop_pct}")
+            raise ValueError(
+                f"preprocessing: expected image_size >= 1 and crop_pct in (0, 1], got {size}, {crop_pct}"
+            )
         out["resize"], out["crop"] = int(math.floor(size / crop_pct + 1e-9)), size
     return out
 
 
-def image_transform(preprocessing: Mapping[str, Any] | None) -> tuple[Callable[[Any], torch.Tensor], dict[str, Any]]:
+def image_transform(
+    preprocessing: Mapping[str, Any] | None,
+) -> tuple[Callable[[Any], torch.Tensor], dict[str, Any]]:
     """``(transform, params)``: transform maps a PIL image or an image tensor ``[3, H, W]`` (uint8, or float in
     [0, 1]) to the normalised model input ``[3, S, S]``; params from :func:`resolve_image_preprocessing`.
 
@@ -233,7 +246,9 @@ def image_transform(preprocessing: Mapping[str, Any] | None) -> tuple[Callable[[
     name = params["interpolation"].upper()
     if name not in T.InterpolationMode.__members__:
         known = sorted(m.lower() for m in T.InterpolationMode.__members__)
-        raise ValueError(f"preprocessing['interpolation']: expected one of {known}, got {params['interpolation']!r}")
+        raise ValueError(
+            f"preprocessing['interpolation']: expected one of {known}, got {params['interpolation']!r}"
+        )
     steps = [T.Resize((params["resize"],) * 2, interpolation=T.InterpolationMode[name], antialias=True)]
     if params["crop"] is not None:
         steps.append(T.CenterCrop(params["crop"]))
@@ -250,7 +265,9 @@ def _image_to_tensor(image: Any) -> torch.Tensor:
     """A PIL image or an image tensor → float ``[3, H, W]`` in [0, 1]."""
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor: expected shape [3, H, W] (or [1, H, W]), got {list(image.shape)}")
+            raise ValueError(
+                f"image tensor: expected shape [3, H, W] (or [1, H, W]), got {list(image.shape)}"
+            )
         if image.dtype == torch.uint8:
             image = image.float() / 255.0
         elif not image.is_floating_point():
@@ -263,7 +280,9 @@ def _image_to_tensor(image: Any) -> torch.Tensor:
     from torchvision.transforms.functional import pil_to_tensor
 
     if not isinstance(image, Image.Image):
-        raise TypeError(f"image: expected a PIL image, a tensor [3, H, W] or a file path, got {type(image).__name__}")
+        raise TypeError(
+            f"image: expected a PIL image, a tensor [3, H, W] or a file path, got {type(image).__name__}"
+        )
     return pil_to_tensor(image.convert("RGB")).float() / 255.0
 
 
@@ -277,12 +296,12 @@ class _Item:
     slug: str = field(default="input")
 
 
-
 def _tensor_items(k: int, x: torch.Tensor) -> list[_Item]:
     """Input tensor ``k``: one item, or one per sample when it carries a batch dim ([B, C, H, W])."""
     if x.dim() == 4:
         return [_Item(f"tensor[{k}][{b}]", x[b], f"tensor{k}_{b}") for b in range(x.shape[0])]
     return [_Item(f"tensor[{k}]", x, f"tensor{k}")]
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.")[:40] or "input"
@@ -293,7 +312,9 @@ def _files_under(path: Path, suffixes: Sequence[str], what: str) -> list[Path]:
     if path.is_dir():
         found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
         if not found:
-            raise FileNotFoundError(f"input {str(path)!r}: folder holds no {what} files (looked for {', '.join(suffixes)})")
+            raise FileNotFoundError(
+                f"input {str(path)!r}: folder holds no {what} files (looked for {', '.join(suffixes)})"
+            )
         return found
     if path.is_file():
         return [path]
@@ -301,7 +322,11 @@ def _files_under(path: Path, suffixes: Sequence[str], what: str) -> list[Path]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return "\n" not in text and (text.lower().endswith(TEXT_SUFFIXES) or os.sep in text) and " " not in text.strip()
+    return (
+        "\n" not in text
+        and (text.lower().endswith(TEXT_SUFFIXES) or os.sep in text)
+        and " " not in text.strip()
+    )
 
 
 def _text_items(inputs: Sequence[Any], force_text: bool) -> list[_Item]:
@@ -313,13 +338,26 @@ def _text_items(inputs: Sequence[Any], force_text: bool) -> list[_Item]:
             for path in _files_under(Path(x), TEXT_SUFFIXES, "text"):
                 items.append(_Item(str(path), path, _slug(path.stem)))
         else:
-            raise TypeError(f"inputs[{k}]: expected a str (text or .txt path) for a text model, got {type(x).__name__}")
+            raise TypeError(
+                f"inputs[{k}]: expected a str (text or .txt path) for a text model, got {type(x).__name__}"
+            )
     return items
 
 
-def _read_text(path: Path) -> str:
+class InputTruncatedWarning(UserWarning):
+    """A text input longer than the model's ``max_chunks`` (or ``max_chars``) was truncated to fit."""
+
+
+def _read_text(path: Path, max_chars: int | None = None) -> str:
+    """A UTF-8 text file; with ``max_chars`` only its first ``4 * max_chars + 4`` bytes are read (decoded
+    up to the last complete character), so a huge file costs no more than a text that fits."""
+    import codecs
+
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read() if max_chars is None else handle.read(4 * max_chars + 4)
+            complete = max_chars is None or not handle.read(1)
+        return codecs.getincrementaldecoder("utf-8")().decode(data, final=complete)
     except UnicodeDecodeError as err:
         raise ValueError(f"input {str(path)!r}: not a UTF-8 text file ({err})") from err
 
@@ -391,7 +429,10 @@ def _norb_items(inputs: Sequence[Any]) -> list[_Item]:
                         f"input {str(path)!r}: expected a NORB 'dat' matrix of stereo pairs [N, 2, 96, 96], got "
                         f"{array.dtype} {list(array.shape)} (a -cat or -info file?)"
                     )
-                items += [_Item(f"{path}[{row}]", (array, row), f"{_slug(path.name)}_{row}") for row in range(len(array))]
+                items += [
+                    _Item(f"{path}[{row}]", (array, row), f"{_slug(path.name)}_{row}")
+                    for row in range(len(array))
+                ]
         elif isinstance(x, tuple) and len(x) == 2:
             items.append(_Item(f"pair[{k}]", x, f"pair{k}"))
         elif isinstance(x, torch.Tensor):
@@ -506,7 +547,9 @@ def _model_kind(model: nn.Module) -> str:
             "model: the 2019 SST capsule models classify GPT-2-large hidden states, not raw text; predict supports "
             "routing-head models and the 2019 smallNORB model"
         )
-    raise TypeError(f"model: expected a RoutingClassifier or a SmallNORBClassifier, got {type(model).__name__}")
+    raise TypeError(
+        f"model: expected a RoutingClassifier or a SmallNORBClassifier, got {type(model).__name__}"
+    )
 
 
 def _labels(model: nn.Module, n_classes: int, kind: str) -> list[str]:
@@ -553,6 +596,40 @@ def _prefix_tokens(backbone: Any, n_pos: int) -> int:
     raise ValueError(f"explain: {n_pos} image positions do not form a square patch grid (plus class tokens)")
 
 
+def _text_limits(model: nn.Module, max_chunks: int | None, max_chars: int | None) -> tuple[int, int]:
+    """``(max_chunks, max_chars)`` per text: the arguments, else the model's recorded ``max_chunks``
+    (preprocessing, then backbone spec), else :data:`DEFAULT_MAX_CHUNKS`; ``max_chars`` defaults to what
+    ``max_chunks`` chunks can hold at 16 characters per token."""
+    recorded = (getattr(model, "pretrained_cfg", None) or {}).get("preprocessing") or {}
+    if max_chunks is None:
+        max_chunks = recorded.get("max_chunks") or model.backbone_spec.get("max_chunks") or DEFAULT_MAX_CHUNKS
+    if isinstance(max_chunks, bool) or not isinstance(max_chunks, int) or max_chunks < 1:
+        raise ValueError(f"max_chunks: expected an int >= 1, got {max_chunks!r}")
+    if max_chars is None:
+        max_chars = max_chunks * int(model.backbone.max_length) * _CHARS_PER_TOKEN
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise ValueError(f"max_chars: expected an int >= 1, got {max_chars!r}")
+    return max_chunks, max_chars
+
+
+def _fit_text(backbone: Any, text: str, max_chunks: int, max_chars: int) -> tuple[str, str | None]:
+    """``(text, note)``: the text cut to ``max_chars`` characters; the note says what was dropped (or None).
+    The backbone itself keeps at most ``max_chunks`` chunks (see :func:`predict`)."""
+    notes = []
+    if len(text) > max_chars:
+        notes.append(f"cut from {len(text)} to {max_chars} characters (max_chars)")
+        text = text[:max_chars]
+    enc = backbone.tokenizer(
+        [text], max_length=backbone.max_length, truncation=True, return_overflowing_tokens=True
+    )
+    n_chunks = len(enc["input_ids"])
+    if n_chunks > max_chunks:
+        notes.append(
+            f"{n_chunks} chunks of {backbone.max_length} tokens, only the first {max_chunks} used (max_chunks)"
+        )
+    return text, "; ".join(notes) or None
+
+
 def predict(
     model: nn.Module | str | os.PathLike,
     inputs: Any,
@@ -562,6 +639,8 @@ def predict(
     explain_dir: str | os.PathLike | None = None,
     force_text: bool = False,
     progress: bool | None = None,
+    max_chunks: int | None = None,
+    max_chars: int | None = None,
 ) -> list[Prediction]:
     """Top-k predictions of ``model`` for ``inputs`` (see the module docstring for what inputs may be).
 
@@ -574,6 +653,11 @@ def predict(
         explain_dir: when set, write a credit-assignment PNG per input there (routing-head models).
         force_text: treat every string as text, even when it names a file.
         progress: a tqdm bar on stderr; None = only when there is more than one batch.
+        max_chunks: text models: chunks of ``max_length`` tokens kept per text (the cost of one input is
+            bounded by it); default the model's recorded ``max_chunks``, else :data:`DEFAULT_MAX_CHUNKS`.
+        max_chars: text models: characters read per text (files are read no further); default what
+            ``max_chunks`` chunks can hold. Truncations are reported (:class:`InputTruncatedWarning`, and
+            ``Prediction.note``).
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
@@ -592,7 +676,9 @@ def predict(
             "explain (--explain): credit assignment is drawn for routing-head models (SPEC §4); the 2019 smallNORB "
             "model has none"
         )
-    single = isinstance(inputs, (str, os.PathLike, torch.Tensor)) or (kind == "norb" and isinstance(inputs, tuple))
+    single = isinstance(inputs, (str, os.PathLike, torch.Tensor)) or (
+        kind == "norb" and isinstance(inputs, tuple)
+    )
     if single or (not isinstance(inputs, Sequence) and hasattr(inputs, "mode") and hasattr(inputs, "size")):
         inputs = [inputs]  # one input (a PIL image, a path, a text, a tensor, a stereo pair)
     inputs = list(inputs)
@@ -609,6 +695,10 @@ def predict(
     k = min(top_k, n_classes)
     explain_path = Path(explain_dir) if explain_dir is not None else None
     if explain_path is not None:
+        if explain_path.exists() and not explain_path.is_dir():
+            raise ValueError(
+                f"explain (--explain): {str(explain_path)!r} exists and is not a folder; name a folder"
+            )
         explain_path.mkdir(parents=True, exist_ok=True)
     transform = params = None
     if kind == "vision":
@@ -621,8 +711,29 @@ def predict(
             )
         transform, params = image_transform(recorded)
     text_cleanup = ()
+    backbone = None
     if kind == "text":
-        text_cleanup = tuple((getattr(model, "pretrained_cfg", None) or {}).get("preprocessing", {}).get("text_cleanup") or ())
+        text_cleanup = tuple(
+            (getattr(model, "pretrained_cfg", None) or {}).get("preprocessing", {}).get("text_cleanup") or ()
+        )
+        max_chunks, max_chars = _text_limits(model, max_chunks, max_chars)
+        backbone = model.backbone
+        saved_chunks = backbone.max_chunks
+        backbone.max_chunks = max_chunks if saved_chunks is None else min(saved_chunks, max_chunks)
+    try:
+        return _predict_batches(model, items, kind, labels, k, batch_size, device, progress, explain_path,
+                                transform, params, text_cleanup, max_chars)  # fmt: skip
+    finally:
+        if backbone is not None:
+            backbone.max_chunks = saved_chunks
+
+
+def _predict_batches(
+    model: nn.Module, items: list[_Item], kind: str, labels: list[str], k: int, batch_size: int,
+    device: torch.device, progress: bool | None, explain_path: Path | None, transform: Any, params: Any,
+    text_cleanup: tuple[str, ...], max_chars: int | None,
+) -> list[Prediction]:  # fmt: skip
+    """The batched forward passes of :func:`predict` (inputs read lazily, one batch at a time)."""
 
     show = progress if progress is not None else len(items) > batch_size
     predictions: list[Prediction] = []
@@ -637,11 +748,22 @@ def predict(
                     raw = torch.stack([transform(_load_image(item)) for item in batch])
                     key, value = "image", raw.to(device)
                 else:
-                    texts = [_read_text(i.payload) if isinstance(i.payload, Path) else i.payload for i in batch]
+                    texts = [
+                        _read_text(i.payload, max_chars) if isinstance(i.payload, Path) else i.payload
+                        for i in batch
+                    ]
                     if "imdb_br_to_newline" in text_cleanup:
                         from heinsen_zoo.data.text import clean_imdb_text
 
                         texts = [clean_imdb_text(t) for t in texts]
+                    notes = []
+                    for j, text in enumerate(texts):
+                        texts[j], note = _fit_text(model.backbone, text, model.backbone.max_chunks, max_chars)
+                        notes.append(note)
+                        if note:
+                            warnings.warn(
+                                f"input {batch[j].input_id!r}: {note}", InputTruncatedWarning, stacklevel=3
+                            )
                     key, value = "text", texts
                 hidden, padding_mask = model.hidden_states({key: value})
                 head_mask = padding_mask if model.padding == "mask" else None
@@ -662,6 +784,7 @@ def predict(
                     top_k=[(labels[c], float(p)) for c, p in zip(classes, top_p[b].tolist(), strict=True)],
                     class_indices=classes,
                     index=index,
+                    note=notes[b] if kind == "text" else None,
                 )
                 if credit is not None:
                     path = explain_path / f"{index:04d}_{item.slug}.png"
@@ -676,7 +799,9 @@ def predict(
     return predictions
 
 
-def _plot_image(model: Any, image: torch.Tensor, credit: torch.Tensor, params: dict, path: Path, title: str) -> None:
+def _plot_image(
+    model: Any, image: torch.Tensor, credit: torch.Tensor, params: dict, path: Path, title: str
+) -> None:
     from heinsen_zoo.explain import plot_image_credit
 
     mean = torch.tensor(params["mean"])[:, None, None]
