@@ -1,27 +1,31 @@
-"""Benchmark the E/D/M loop of EfficientVectorRouting: plain autograd vs the fused chunked path.
+"""Benchmark EfficientVectorRouting: ours (heinsen_routing) vs the ORIGINAL module, side by side.
 
-For every case and implementation a fresh subprocess builds the inputs, runs forward+backward once as
-warm-up and then ``--repeats`` more times, and reports:
+What a user would otherwise install is the original ``heinsen_routing`` package; this script loads its
+module by path (``--original``, default ``../shared/reference/original_heinsen_routing/heinsen_routing.py``
+relative to the repository; never copied into the project) and times both layers built with the same
+parameters (``load_state_dict``: the state-dict names are the same), as a user runs them:
+``EfficientVectorRouting(n_inp=-1, n_out, d_inp, d_out)`` (n_iters 2, normalize), forward + backward of
+``out.sum()``. When the original is absent the comparison is skipped with a message and only ours runs.
 
-* time: median wall-clock seconds (``time.perf_counter``) of one forward+backward (and the median process
-  CPU seconds from ``resource.getrusage``, a load-independent measure of work on a shared machine);
-* memory: on CPU the peak resident set size during the runs minus the RSS just before them (after the
-  inputs and parameters exist). The peak is the kernel's VmHWM of the child, reset right before the
-  warm-up through ``/proc/self/clear_refs`` (falls back to ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
-  where that is not allowed). "act" subtracts the bytes of the gradients the run produces (parameter
-  grads and, where x requires grad, dx), leaving the memory autograd/the fused path use for
-  activations and temporaries. On CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before;
-* GFLOP/s: the matmul FLOPs of forward+backward (the n·n_out·d_inp products and the small
-  n_out·d_inp·d_out ones; identical for both implementations, nothing recomputed) per second.
+Every (case, implementation) runs in a fresh subprocess: build the inputs, one warm-up, then ``--repeats``
+timed runs. Reported:
 
-Implementations: ``plain`` = SPEC §1 written literally with autograd (``plain_routing.py`` next to this
-file; it materialises xs = x·n^-0.5 as the SPEC does), ``core`` = ``heinsen_routing.efficient.
-plain_em_routing`` when importable (betas from the Linear layers computed before the call, xs never
-materialised), ``fused`` = ``heinsen_routing._fused.fused_em_routing`` (default chunking).
+* time: the best (min) and median wall-clock seconds of one forward+backward (CUDA: synchronised);
+* peak memory: CPU = the child's peak resident set size (VmHWM, reset right before the warm-up) minus the
+  RSS before it (inputs and parameters already exist), minus the bytes of the gradients the run produces
+  ("act": what autograd / our fused path hold for activations and temporaries); CUDA =
+  ``torch.cuda.max_memory_allocated`` minus the allocation before the warm-up (gradients included);
+* GFLOP/s (TFLOP/s on CUDA): the FLOPs of the n-sized matmuls of forward+backward (identical for both
+  implementations) per second, and GB/s: bytes of x read once per n-sized product (a lower bound on the
+  traffic) per second; on an H200 compare with ~790 TFLOP/s (bf16 dense) and ~4.3 TB/s.
+
+Implementations: ``original`` (eager), ``ours`` (our default path), and on CUDA also ``original-compiled``
+= ``torch.compile(original)`` (compiled during the warm-up; compile time not counted).
 
 Usage:
-    python reproduce/benchmarks/bench_routing.py --quick          # < 1 min
-    python reproduce/benchmarks/bench_routing.py --sizes all      # the full table (needs ~16 GB free RAM)
+    python reproduce/benchmarks/bench_routing.py --quick                 # CPU, < 1 min
+    python reproduce/benchmarks/bench_routing.py --sizes cpu             # the README's CPU table (~6 GB RAM)
+    python reproduce/benchmarks/bench_routing.py --device cuda --sizes gpu --precisions fp32,bf16
 """
 
 from __future__ import annotations
@@ -42,36 +46,35 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+DEFAULT_ORIGINAL = REPO.parent / "shared" / "reference" / "original_heinsen_routing" / "heinsen_routing.py"
 
-# name: (batch, n, d_inp, n_out, d_out, variable n_inp (Linear betas), x requires grad, note)
-CASES: dict[str, tuple[int, int, int, int, int, bool, bool, str]] = {
-    "tiny": (2, 2000, 256, 32, 256, True, True, "quick check"),
-    "10k": (1, 10_000, 1024, 100, 1024, True, False, "README-like, smaller"),
-    "paper-head-1": (8, 4925, 1024, 64, 1024, True, True, "paper head's first layer, batch 8"),
-    "100k": (1, 100_000, 1024, 100, 1024, True, False, "README-like"),
-    "1M": (1, 1_000_000, 1024, 100, 1024, True, False, "README-like"),
-    "1M-fixed": (1, 1_000_000, 1024, 100, 1024, False, False, "README example, n_inp=1M fixed params"),
+# name: (batch, n, d_inp, n_out, d_out, x requires grad, note)
+CASES: dict[str, tuple[int, int, int, int, int, bool, str]] = {
+    "tiny": (2, 2000, 256, 32, 256, True, "quick check"),
+    "10k": (1, 10_000, 1024, 100, 1024, False, "README-like, smaller"),
+    "paper-head": (8, 4925, 1024, 64, 1024, True, "paper head's first routing, batch 8"),
+    "paper-head-64": (64, 4925, 1024, 64, 1024, True, "paper head's first routing, batch 64"),
+    "100k": (1, 100_000, 1024, 100, 1024, False, "README-like"),
+    "1M": (1, 1_000_000, 1024, 100, 1024, False, "README-like"),
+    "4M": (1, 4_000_000, 1024, 100, 1024, False, "README-like, large"),
 }
 SIZES = {
     "quick": ["tiny", "10k"],
-    "small": ["tiny", "10k"],
-    "paper": ["paper-head-1"],
-    "large": ["100k", "1M", "1M-fixed"],
-    "all": ["tiny", "10k", "paper-head-1", "100k", "1M", "1M-fixed"],
+    "cpu": ["paper-head", "100k", "1M"],
+    "gpu": ["paper-head", "paper-head-64", "100k", "1M", "4M"],
 }
-# The fixed-n 1M case is run for the fused path only (plain would need > 20 GB).
-FUSED_ONLY = {"1M-fixed"}
+PRECISIONS = ("fp32", "bf16")  # bf16 = float32 parameters and inputs under torch.autocast(bfloat16)
 
 
-def _load_plain():
-    spec = importlib.util.spec_from_file_location("plain_routing", HERE / "plain_routing.py")
+def load_original(path: Path):
+    """The original module, loaded by path under another module name (never imported from src/)."""
+    spec = importlib.util.spec_from_file_location("original_heinsen_routing_bench", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.plain_em_routing
+    return module
 
 
 def _rss_bytes() -> int:
-    """Current resident set size of this process."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -95,87 +98,52 @@ def _peak_bytes(reset_ok: bool) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def matmul_flops(batch: int, n: int, d: int, m: int, h: int, linear: bool, x_grad: bool, n_iters: int) -> float:
-    """FLOPs of the matmuls of forward+backward (equal for plain and fused)."""
-    big = 2.0 * batch * n * m * d  # one [n, d] x [d, n_out]-sized product
-    fwd = n_iters + (n_iters - 1) + (2 if linear else 0)
-    bwd = n_iters + (n_iters - 1) + (2 if linear else 0)  # dphi, dP, dW_beta
-    if x_grad:
-        bwd += n_iters + (n_iters - 1) + (2 if linear else 0)  # dx terms
-    small = 2.0 * batch * m * d * h  # (A ⊙ W_F1) @ W_F2 and N(x_out) @ W_G1
-    small_count = n_iters + (n_iters - 1)
-    return big * (fwd + bwd) + small * small_count * 3  # backward of a small product: 2 products
+def big_products(x_grad: bool, n_iters: int = 2) -> int:
+    """Number of n·n_out·d_inp-sized matmuls (each 2·B·n·n_out·d_inp FLOPs) of forward+backward, variable
+    n_inp (two beta Linear layers): forward T (φᵀx) + T−1 (xPᵀ) + 2 (betas); backward the same for the
+    gradients of φ, P and the beta weights, and again for dx when x requires grad."""
+    one_pass = n_iters + (n_iters - 1) + 2
+    return one_pass * (3 if x_grad else 2)
 
 
-def run_case(case: str, impl: str, device: str, dtype_name: str, repeats: int, threads: int) -> dict:
+def run_case(case: str, impl: str, args: argparse.Namespace) -> dict:
     """Child process: build one case, time forward+backward of one implementation, measure memory."""
     import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO / "src"))
-    from heinsen_routing._fused import fused_em_routing
+    from heinsen_routing import EfficientVectorRouting
 
-    batch, n, d, m, h, linear, x_grad, _ = CASES[case]
-    dtype = getattr(torch, dtype_name)
-    n_iters = 2
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    kw = {"dtype": dtype, "device": device}
-
-    def param(*shape: int, std: float = 1.0) -> torch.Tensor:
-        t = torch.empty(*shape, **kw)
-        t.normal_(0.0, std, generator=gen if device == "cpu" else None)
-        return t.requires_grad_(True)
-
-    x = torch.empty(batch, n, d, **kw)
-    x.normal_(generator=gen if device == "cpu" else None)
-    x.requires_grad_(x_grad)
-    a = param(batch, n)  # stands for the caller's a_logits (a leaf here)
-    if linear:
-        beta_use = torch.nn.Linear(d, m).to(**kw)
-        beta_ign = torch.nn.Linear(d, m).to(**kw)
-        n1 = 1
+    batch, n, d, m, h, x_grad, _ = CASES[case]
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    ours = EfficientVectorRouting(n_inp=-1, n_out=m, d_inp=d, d_out=h)
+    if impl == "ours":
+        layer = ours
     else:
-        beta_use, beta_ign = param(n, m), param(n, m)
-        n1 = n
-    W = {
-        "W_F1": param(m, d), "W_F2": param(d, h, std=2 * d**-0.5), "B_F2": param(m, h, std=0.0),
-        "W_G1": param(h, d, std=h**-0.5), "W_G2": param(m, d), "B_G2": param(m, d, std=0.0),
-        "W_S": param(n1, m, std=d**-0.5), "B_S": param(n1, m, std=0.0),
-    }
-    leaves = [a, *W.values()]
-    leaves += [*beta_use.parameters(), *beta_ign.parameters()] if linear else [beta_use, beta_ign]
-    if x_grad:
-        leaves.append(x)
-    scale = n**-0.5
-
-    if impl == "fused":
-        def step() -> torch.Tensor:
-            return fused_em_routing(x, scale, a, beta_use, beta_ign, *W.values(), None, n_iters, True)
-    elif impl == "plain":
-        plain = _load_plain()
-
-        def step() -> torch.Tensor:
-            return plain(x, scale, a, beta_use, beta_ign, *W.values(), None, n_iters, True)
-    elif impl == "core":
-        from heinsen_routing.efficient import plain_em_routing as core
-
-        def step() -> torch.Tensor:
-            bu = beta_use(x) if linear else beta_use
-            bi = beta_ign(x) if linear else beta_ign
-            return core(x, scale, a, bu, bi, *W.values(), None, n_iters, True, True, False)
-    else:
-        raise ValueError(f"impl: expected plain, core or fused, got {impl!r}")
+        original = load_original(Path(args.original))
+        layer = original.EfficientVectorRouting(n_inp=-1, n_out=m, d_inp=d, d_out=h)
+        layer.load_state_dict(ours.state_dict())
+        del ours
+    layer = layer.to(device)
+    if impl == "original-compiled":
+        layer = torch.compile(layer)
+    x = torch.randn(batch, n, d, device=device).requires_grad_(x_grad)
+    params = [p for p in layer.parameters()]
+    leaves = params + ([x] if x_grad else [])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def fwd_bwd() -> None:
         for p in leaves:
             p.grad = None
-        out = step()
-        out.sum().backward()
-        if device == "cuda":
+        with autocast:
+            out = layer(x)
+        out.float().sum().backward()
+        if cuda:
             torch.cuda.synchronize()
 
-    cuda = device == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -185,121 +153,203 @@ def run_case(case: str, impl: str, device: str, dtype_name: str, repeats: int, t
         base = _rss_bytes()
         reset_ok = _reset_peak()
     walls, cpus = [], []
-    for i in range(1 + repeats):
+    for i in range(1 + args.repeats):
         c0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         fwd_bwd()
         wall = time.perf_counter() - t0
         c1 = resource.getrusage(resource.RUSAGE_SELF)
-        if i > 0 or repeats == 0:
+        if i > 0 or args.repeats == 0:
             walls.append(wall)
             cpus.append((c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime))
     peak = torch.cuda.max_memory_allocated() if cuda else _peak_bytes(reset_ok)
     grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in leaves if p.grad is not None)
-    wall = statistics.median(walls)
+    best = min(walls)
+    flops = big_products(x_grad) * 2.0 * batch * n * m * d
+    x_bytes = big_products(x_grad) * batch * n * d * (2 if args.precision == "bf16" else 4)
     return {
-        "case": case, "impl": impl, "wall_s": wall, "cpu_s": statistics.median(cpus), "walls": walls,
-        "peak_delta": peak - base, "grad_bytes": grad_bytes, "act_bytes": max(0, peak - base - grad_bytes),
-        "peak_total": peak, "gflops": matmul_flops(batch, n, d, m, h, linear, x_grad, n_iters) / wall / 1e9,
-        "threads": torch.get_num_threads(), "peak_from": "cuda" if cuda else ("VmHWM" if reset_ok else "ru_maxrss"),
-    }
+        "case": case, "impl": impl, "precision": args.precision, "best_s": best,
+        "median_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "walls": walls,
+        "peak_delta": peak - base, "grad_bytes": grad_bytes,
+        "act_bytes": max(0, peak - base - (0 if cuda else grad_bytes)),
+        "flops_per_s": flops / best, "bytes_per_s": x_bytes / best, "threads": torch.get_num_threads(),
+    }  # fmt: skip
 
 
-def _child(case: str, impl: str, args: argparse.Namespace) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", case, impl, "--device", args.device, "--dtype", args.dtype,
-           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+def _child(case: str, impl: str, precision: str, args: argparse.Namespace) -> dict | None:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        case,
+        impl,
+        "--device",
+        args.device,
+        "--precision",
+        precision,
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--original",
+        str(args.original),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        print(f"# {case}/{impl} failed (exit {proc.returncode}): {proc.stderr.strip()[-600:]}", file=sys.stderr)
+        print(
+            f"# {case}/{impl}/{precision} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}",
+            file=sys.stderr,
+        )
         return None
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # max over children so far
-    result["children_maxrss"] = child
-    return result
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _gb(b: float) -> str:
+def _gib(b: float) -> str:
     return f"{b / 2**30:.2f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", choices=sorted(SIZES), default="small",
-                        help="which cases: quick/small (tiny, 10k), paper (paper-head-1), large (100k, 1M, 1M-fixed), all")
-    parser.add_argument("--cases", default=None, help=f"comma-separated case names instead of --sizes: {', '.join(CASES)}")
-    parser.add_argument("--quick", action="store_true", help="cases tiny and 10k, plain and fused, 1 repeat (< 1 min)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--impls", default=None,
-                        help="comma-separated: plain, core, fused (default: all three; --quick: plain,fused)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_case(*args.child, args.device, args.dtype, args.repeats, args.threads)))
-        return
-    if args.quick:
-        args.sizes, args.repeats = "quick", 1
-        args.impls = args.impls or "plain,fused"
-    args.impls = args.impls or "plain,core,fused"
-    cases = SIZES[args.sizes] if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
-    for case in cases:
-        if case not in CASES:
-            parser.error(f"--cases: unknown case {case!r}; expected one of {', '.join(CASES)}")
-    impls = [s.strip() for s in args.impls.split(",") if s.strip()]
-    if "core" in impls and importlib.util.find_spec("heinsen_routing.efficient") is None:
-        sys.path.insert(0, str(REPO / "src"))
-        if importlib.util.find_spec("heinsen_routing.efficient") is None:
-            impls.remove("core")
-
+def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return f"{cpu}, {os.cpu_count()} CPUs"
+
+
+def print_table(
+    results: list[dict], cases: list[str], precisions: list[str], impls: list[str], cuda: bool
+) -> None:
+    """Markdown table: one row per (case, precision, impl), ratios against the eager original."""
+    unit, scale = ("TFLOP/s", 1e12) if cuda else ("GFLOP/s", 1e9)
+    mem = "peak GiB" if cuda else "act GiB"
+    print(
+        f"| shape (batch × n × d_inp → n_out × d_out) | x grad | precision | impl | best s (median) "
+        f"| {mem} | {unit} | GB/s | time ratio | memory ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    by = {(r["case"], r["precision"], r["impl"]): r for r in results}
+    for case in cases:
+        batch, n, d, m, h, x_grad, _ = CASES[case]
+        shape = f"{batch} × {n:,} × {d} → {m} × {h}".replace(",", " ")
+        for precision in precisions:
+            base = by.get((case, precision, "original"))
+            for impl in impls:
+                r = by.get((case, precision, impl))
+                if r is None:
+                    continue
+                t_ratio = f"{r['best_s'] / base['best_s']:.2f}" if base else "–"
+                m_ratio = f"{r['act_bytes'] / base['act_bytes']:.2f}" if base and base["act_bytes"] else "–"
+                print(
+                    f"| {shape} | {'yes' if x_grad else 'no'} | {precision} | {impl} "
+                    f"| {r['best_s']:.4f} ({r['median_s']:.4f}) | {_gib(r['act_bytes'])} "
+                    f"| {r['flops_per_s'] / scale:.1f} | {r['bytes_per_s'] / 1e9:.0f} | {t_ratio} | {m_ratio} |"
+                )
+    print(
+        f"\nratios: ours (or the compiled original) / the eager original, same run; time = best of the timed "
+        f"runs; memory = {'CUDA peak allocated above the inputs' if cuda else 'peak RSS increase minus the gradients'}."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sizes",
+        choices=sorted(SIZES),
+        default=None,
+        help="case set: quick (tiny, 10k), cpu (paper-head, 100k, 1M), gpu (+ paper-head-64, 4M); "
+        "default cpu, or gpu with --device cuda",
+    )
+    parser.add_argument(
+        "--cases", default=None, help=f"comma-separated case names instead of --sizes: {', '.join(CASES)}"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="cases tiny and 10k, 1 timed run (< 1 min on CPU)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated fp32,bf16 (bf16 = torch.autocast bfloat16); default fp32 on CPU, both on CUDA",
+    )
+    parser.add_argument(
+        "--original",
+        type=Path,
+        default=DEFAULT_ORIGINAL,
+        help="path of the original heinsen_routing.py (loaded by path, for comparison only)",
+    )
+    parser.add_argument(
+        "--impls",
+        default=None,
+        help="comma-separated: original, ours, original-compiled (default: original,ours; "
+        "+ original-compiled on CUDA)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_case(*args.child, args)))
+        return
+    cuda = args.device.startswith("cuda")
+    if args.quick:
+        args.sizes, args.repeats = "quick", 1
+    sizes = args.sizes or ("gpu" if cuda else "cpu")
+    cases = SIZES[sizes] if args.cases is None else [c.strip() for c in args.cases.split(",") if c.strip()]
+    for case in cases:
+        if case not in CASES:
+            parser.error(f"--cases: unknown case {case!r}; expected one of {', '.join(CASES)}")
+    precisions = [p.strip() for p in (args.precisions or ("fp32,bf16" if cuda else "fp32")).split(",")]
+    for p in precisions:
+        if p not in PRECISIONS:
+            parser.error(
+                f"--precisions: expected a comma-separated subset of {', '.join(PRECISIONS)}, got {p!r}"
+            )
+    impls = [
+        s.strip()
+        for s in (args.impls or ("original,ours,original-compiled" if cuda else "original,ours")).split(",")
+    ]
+    if not args.original.is_file():
+        print(
+            f"# skipping the comparison: the original module is not at {args.original} "
+            "(give its path with --original PATH); timing ours only",
+            file=sys.stderr,
+        )
+        impls = [i for i in impls if not i.startswith("original")]
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         torch_version = "?"
+    device_name = args.device
+    if cuda:
+        import torch
+
+        device_name = f"{args.device} ({torch.cuda.get_device_name()})"
     threads = f"{args.threads} threads" if args.threads > 0 else "default threads"
-    print(f"# {datetime.datetime.now().isoformat(timespec='minutes')}  {cpu}, {os.cpu_count()} CPUs, "
-          f"torch {torch_version} ({threads}), device {args.device}, {args.dtype}, n_iters 2, forward+backward, "
-          f"median of {args.repeats} after 1 warm-up")
+    print(
+        f"# {datetime.datetime.now(datetime.UTC).isoformat(timespec='minutes')}  {_machine()}, torch "
+        f"{torch_version} ({threads}), device {device_name}, EfficientVectorRouting(n_inp=-1, n_iters=2), "
+        f"forward+backward, best (median) of {args.repeats} after 1 warm-up"
+    )
     results = []
     for case in cases:
-        for impl in impls:
-            if case in FUSED_ONLY and impl != "fused":
-                continue
-            r = _child(case, impl, args)
-            if r is not None:
-                results.append(r)
-                print(f"#   {case:>13} {impl:>5}: {r['wall_s']:.3f} s wall, {r['cpu_s']:.3f} s cpu, "
-                      f"peak +{_gb(r['peak_delta'])} GB, act {_gb(r['act_bytes'])} GB", file=sys.stderr)
+        for precision in precisions:
+            for impl in impls:
+                r = _child(case, impl, precision, args)
+                if r is not None:
+                    results.append(r)
+                    print(
+                        f"#   {case:>13} {precision} {impl:>17}: best {r['best_s']:.4f} s, median {r['median_s']:.4f} s, "
+                        f"act {_gib(r['act_bytes'])} GiB",
+                        file=sys.stderr,
+                    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-
     print()
-    print("| case | shape (batch × n × d_inp → n_out × d_out) | x grad | impl | time s (cpu s) | peak +GB | act GB "
-          "| GFLOP/s | time ratio | act ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    by = {(r["case"], r["impl"]): r for r in results}
-    for case in cases:
-        batch, n, d, m, h, linear, x_grad, note = CASES[case]
-        shape = f"{batch} × {n} × {d} → {m} × {h}" + ("" if linear else " (fixed n_inp)")
-        base = by.get((case, "plain"))
-        for impl in impls:
-            r = by.get((case, impl))
-            if r is None:
-                continue
-            ratio_t = f"{r['wall_s'] / base['wall_s']:.2f}" if base else "–"
-            ratio_m = f"{r['act_bytes'] / base['act_bytes']:.2f}" if base and base["act_bytes"] else "–"
-            print(f"| {case} | {shape} | {'yes' if x_grad else 'no'} | {impl} | {r['wall_s']:.2f} ({r['cpu_s']:.2f}) "
-                  f"| {_gb(r['peak_delta'])} | {_gb(r['act_bytes'])} | {r['gflops']:.0f} | {ratio_t} | {ratio_m} |")
-    print("\nratios: against plain (SPEC-literal autograd) in the same run; act = peak RSS increase minus "
-              "the gradients' bytes.")
+    print_table(results, cases, precisions, impls, cuda)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,22 @@ from torch import Tensor
 
 # Target size of one [rows, n_out] block temporary. Measured on 2 shared CPU cores: blocks of a few
 # thousand rows lose up to 2x to per-op threading overhead under load; ~8 MiB blocks (~20k rows for
-# n_out = 100) keep per-op overhead negligible while temporaries stay ~100 MiB in all.
+# n_out = 100) keep per-op overhead negligible while temporaries stay ~100 MiB in all. On GPUs every block
+# costs ~15 kernel launches and Python work per pass, so blocks are much larger (256 MiB: ~670k rows for
+# n_out = 100, the whole 64 × 4925 paper-head batch in one block); temporaries stay below ~2 GiB.
 _TARGET_BLOCK_BYTES = 8 << 20
+_TARGET_BLOCK_BYTES_GPU = 256 << 20
 _MIN_ROWS = 1024
 _MAX_ROWS = 1 << 16
+_MAX_ROWS_GPU = 1 << 22
 
 
-def default_chunk_rows(n_out: int, element_size: int = 4) -> int:
+def default_chunk_rows(n_out: int, element_size: int = 4, device_type: str = "cpu") -> int:
     """Rows (input vectors, summed over samples) per block when ``chunk_size`` is None."""
-    rows = _TARGET_BLOCK_BYTES // max(1, n_out * element_size)
-    return int(min(_MAX_ROWS, max(_MIN_ROWS, rows)))
+    gpu = device_type not in ("cpu", "meta")
+    target, most = (_TARGET_BLOCK_BYTES_GPU, _MAX_ROWS_GPU) if gpu else (_TARGET_BLOCK_BYTES, _MAX_ROWS)
+    rows = target // max(1, n_out * element_size)
+    return int(min(most, max(_MIN_ROWS, rows)))
 
 
 def _blocks(batch: int, n: int, rows: int) -> list[tuple[slice, slice]]:

@@ -8,7 +8,8 @@ loop, streaming the inputs in blocks of rows, and keeps only what cannot be reco
 
 Algorithm (B = flattened batch, n inputs, m = n_out, d = d_inp, h = d_out, T = n_iters). Per iteration t
 and per block of rows (several whole samples, or a row range of one sample; ``chunk_size`` rows, default
-:func:`default_chunk_rows` ≈ 8 MiB per ``[rows, m]`` temporary, e.g. 20971 rows for m = 100):
+:func:`default_chunk_rows` ≈ 8 MiB per ``[rows, m]`` temporary on CPU, e.g. 20971 rows for m = 100, and
+256 MiB on GPUs):
 
 * E-step (t > 0): ``L = x_blk @ P_tᵀ`` (one matmul ``[rows, d] × [d, m]``), ``Z = L·W_S + B_S``,
   ``R = softmax_j(logσ(Z))`` over the unmasked j, computed on CPU as ``σ(Z) / Σ_j σ(Z)`` (the same value
@@ -170,7 +171,8 @@ class _FusedEMRouting(torch.autograd.Function):
         As: list[Tensor] = []
         ss: list[Tensor] = []
         Ps: list[Tensor | None] = [None]
-        x_out = None
+        leaves = [p.detach().requires_grad_(for_backward) for p in (W_F1, W_F2, B_F2, W_G1, W_G2, B_G2)]
+        graphs: list[tuple[list[Tensor], Tensor]] = []  # per t: (inputs, P_{t+1} or the output)
         with _no_autocast(x.device):
             for t in range(n_iters):
                 A = x.new_zeros(B, m, d, dtype=edt)
@@ -206,20 +208,25 @@ class _FusedEMRouting(torch.autograd.Function):
                         _bmm_into(A[bs], phi.transpose(1, 2), xb)
                 if t > 0:
                     logits.append(L_t)
-                As.append(A)
-                ss.append(s)
-                with par():
-                    x_out = _x_out(A, s, scale, W_F1, W_F2, B_F2)  # [B, m, h]
+                As.append(A.requires_grad_(for_backward))
+                ss.append(s.requires_grad_(for_backward))
+                # The small [B, m, ·] ops run under autograd on detached leaves; backward reuses their graphs.
+                with par(), torch.set_grad_enabled(for_backward):
+                    x_out = _x_out(A, s, scale, *leaves[:3])  # [B, m, h]
                     if t < n_iters - 1:
-                        Ps.append(_pred(x_out, W_G1, W_G2, B_G2))
-            with par():
-                out = _norm(x_out) if normalize else x_out
+                        P_next = _pred(x_out, *leaves[3:])  # [B, m, d]
+                        graphs.append(([A, s, *leaves], P_next))
+                        Ps.append(P_next.detach())
+                    else:
+                        out = _norm(x_out) if normalize else x_out
+                        graphs.append(([A, s, *leaves[:3]], out))
 
         ctx.save_for_backward(x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S, mask)
         ctx.scale, ctx.tri = scale, tri
         ctx.n_iters, ctx.normalize, ctx.blocks = n_iters, normalize, blocks
         ctx.As, ctx.ss, ctx.Ps, ctx.logits, ctx.beta_blocks = As, ss, Ps, logits, beta_blocks
-        return out
+        ctx.graphs = graphs
+        return out.detach()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -252,7 +259,7 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
     # dβ is needed for β's own gradients and, with Linear betas, for the dx term dβ @ Wb.
     need_beta = (needs[4] or needs[5] or need_x) if linear else (needs[2] or needs[3])
     need_WS, need_BS = needs[12], needs[13]
-    scale, T, blocks, tri = ctx.scale, ctx.n_iters, ctx.blocks, ctx.tri
+    T, blocks, tri = ctx.n_iters, ctx.blocks, ctx.tri
     par = ctx.threads.par
     B, n, d = x.shape
     m = W_F1.shape[0]
@@ -271,23 +278,14 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
     gBS = zeros(B_S) if need_BS else None
     dbeta_acc: list[Tensor | None] = [None] * len(blocks)  # Linear betas: Σ_t dβ per block, [Bc, c, 2m] edt
 
-    small = [W_F1, W_F2, B_F2, W_G1, W_G2, B_G2]
-    leaves = [p.detach().requires_grad_(True) for p in small]
     g_small: list[Tensor | None] = [None] * 6
 
-    def small_grads(t: int, upstream: Tensor, through_pred: bool) -> tuple[Tensor, Tensor]:
-        """Gradients w.r.t. A_t, s_t (and the small parameters) of x_out_t -> (P_{t+1} | output)."""
-        with torch.enable_grad(), par():
-            A_l = ctx.As[t].detach().requires_grad_(True)
-            s_l = ctx.ss[t].detach().requires_grad_(True)
-            y = _x_out(A_l, s_l, scale, *leaves[:3])
-            if through_pred:
-                y = _pred(y, *leaves[3:])
-                inputs = [A_l, s_l, *leaves]
-            else:
-                y = _norm(y) if ctx.normalize else y
-                inputs = [A_l, s_l, *leaves[:3]]
-            grads = torch.autograd.grad(y, inputs, upstream, allow_unused=True)
+    def small_grads(t: int, upstream: Tensor) -> tuple[Tensor, Tensor]:
+        """Gradients w.r.t. A_t, s_t (and the small parameters) of x_out_t -> (P_{t+1} | output), through the
+        graph kept by forward."""
+        inputs, target = ctx.graphs[t]
+        with par():
+            grads = torch.autograd.grad(target, inputs, upstream, retain_graph=True, allow_unused=True)
         for i, g in enumerate(grads[2:]):
             if g is not None:
                 g_small[i] = g if g_small[i] is None else g_small[i] + g
@@ -298,7 +296,7 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
     n_cols = (2 * T - 1) * m + (2 * m if linear else 0)
     dx_lhs: list[Tensor | None] = [None] * len(blocks)
     dx_rhs: list[Tensor] = []
-    gA, gs = small_grads(T - 1, g_out, through_pred=False)
+    gA, gs = small_grads(T - 1, g_out)
     for t in reversed(range(T)):
         P = ctx.Ps[t]
         gP = zeros(P) if P is not None else None
@@ -367,7 +365,7 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
                     _bmm_into(gx[bs, is_], lhs, rhs[bs], accumulate=False)
                 dx_lhs[k] = None
         if t > 0:
-            gA, gs = small_grads(t - 1, gP, through_pred=True)
+            gA, gs = small_grads(t - 1, gP)
 
     def cast(g: Tensor | None, like: Tensor | None) -> Tensor | None:
         return None if g is None else g.to(like.dtype)
@@ -463,7 +461,8 @@ def fused_em_routing(
     Returns x_out ``[..., n_out, d_out]``; equal (to rounding) to the plain autograd computation, with
     gradients for x, a_logits, the beta tensors or the beta Linear layers' parameters, and every W/B.
     ``chunk_size``: rows (input vectors, summed over samples) per block; default
-    :func:`default_chunk_rows` (~8 MiB per ``[rows, n_out]`` temporary). See the module docstring.
+    :func:`default_chunk_rows` (~8 MiB per ``[rows, n_out]`` temporary on CPU, 256 MiB on GPUs). See the
+    module docstring.
     """
     x = check_floating("x", x)
     check_rank("x", x, 2, "[..., n, d_inp]")
@@ -559,7 +558,7 @@ def fused_em_routing(
         if mask is not None:
             mk = _canonical("mask", mask, batch, n, n_out)
             mk = mk.expand(mk.shape[0], mk.shape[1], n_out)  # [Bm, nm, n_out]
-        rows = chunk_size if chunk_size is not None else default_chunk_rows(n_out, 4)
+        rows = chunk_size if chunk_size is not None else default_chunk_rows(n_out, 4, device_type)
         differentiable = [xb, ab, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, WS, BS]
         differentiable += [Wb] + ([] if bb is None else [bb]) if linear else [bu, bi]
         for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
