@@ -22,7 +22,9 @@ Zoo subcommands (plain argparse)::
     heinsen-zoo infer MODEL INPUT... [--top-k 5] [--json] [--explain DIR] [--batch-size 8]
                       [--device cpu|cuda] [--text]  # predict (MODEL: registry name or export dir)
     heinsen-zoo convert original|lightning|verify ...  # checkpoints -> export format (heinsen_zoo.zoo.convert)
-    heinsen-zoo export CKPT OUT_DIR                # a Lightning .ckpt -> export dir (config.json + safetensors)
+    heinsen-zoo export CKPT OUT_DIR [--onnx]       # a Lightning .ckpt -> export dir (config.json + safetensors
+                                                   # + model card README.md; --onnx adds a checked model.onnx)
+    heinsen-zoo push EXPORT_DIR OWNER/REPO [--private]  # upload an export with its card to the Hugging Face Hub
 
 ``infer`` inputs: image files or folders (vision models), texts or .txt files (text models; ``--text`` treats
 every INPUT as text), NORB ``*-dat.mat[.gz]`` files or (left, right) pairs of 96x96 grey PNGs (smallNORB).
@@ -50,8 +52,6 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LOGGERS = {
@@ -114,6 +114,8 @@ def experiment_config_file(spec: dict[str, Any], stem: str) -> Path:
     """
     import hashlib
 
+    import yaml
+
     from heinsen_zoo.zoo.registry import cache_dir
 
     text = yaml.safe_dump(spec, sort_keys=False)
@@ -154,6 +156,8 @@ def expand_experiment_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
     inserted: list[str] = []
     if experiment is not None:
         path = experiment_path(experiment)
+        import yaml  # lazily: list/info/--help run on a base install (without the zoo extra)
+
         spec = yaml.safe_load(path.read_text()) or {}
         defaults = spec.pop("defaults", []) or []
         for fragment in defaults:
@@ -434,6 +438,11 @@ def _zoo_parser() -> argparse.ArgumentParser:
     p_export = sub.add_parser("export", help="export a Lightning .ckpt of a routing head to OUT_DIR")
     p_export.add_argument("ckpt", help="a RoutingClassificationTask checkpoint (.ckpt)")
     p_export.add_argument("out_dir", help="the export directory to write (config.json + model.safetensors)")
+    p_export.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx (checked with onnxruntime)")
+    p_export.add_argument("--opset", type=int, default=18, help="ONNX opset for --onnx (default 18)")
+    p_push = sub.add_parser("push", help="upload an export directory with its model card to the Hugging Face Hub",
+                            add_help=False)  # fmt: skip
+    p_push.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -443,6 +452,10 @@ def run_zoo(argv: list[str]) -> int:
         from heinsen_zoo.zoo import convert
 
         return 0 if convert.main(argv[1:]) == 0 else 2
+    if argv and argv[0] == "push":  # its own parser (heinsen_zoo.zoo.publish)
+        from heinsen_zoo.zoo import publish
+
+        return 0 if publish.main(argv[1:]) == 0 else 2
     args = _zoo_parser().parse_args(argv)
     if args.command == "experiments":
         for name, title in list_experiments().items():
@@ -463,7 +476,11 @@ def run_zoo(argv: list[str]) -> int:
             from heinsen_zoo.zoo.convert import export_lightning_checkpoint
 
             out = export_lightning_checkpoint(args.ckpt, args.out_dir)
-            print(f"wrote {out} (config.json + model.safetensors)")
+            print(f"wrote {out} (config.json + model.safetensors + README.md model card)")
+            if args.onnx:
+                from heinsen_zoo.export_onnx import describe, export_onnx
+
+                print(describe(export_onnx(out, out / "model.onnx", opset=args.opset)))
             return 0
         if args.command == "infer":
             from heinsen_zoo.inference import InputTruncatedWarning, format_json, format_table, predict
