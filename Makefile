@@ -53,9 +53,12 @@ demo: $(STAMP) ## Train a routing head over all hidden states of MiniLM on BBC N
 	$(PY) -m heinsen_zoo.demo
 
 BENCH_ARGS ?= --quick
-.PHONY: bench
-bench: $(STAMP) ## Routing benchmark, plain vs fused (BENCH_ARGS="--sizes all": full table, ~10 min, ~16 GB RAM).
+.PHONY: bench bench-gpu
+bench: $(STAMP) ## Routing benchmark, ours vs the original module (BENCH_ARGS="--sizes cpu": README table; "--device cuda": GPU).
 	$(PY) reproduce/benchmarks/bench_routing.py $(BENCH_ARGS)
+
+bench-gpu: $(STAMP) ## GPU routing check (< 5 min on one H200): gpu-marked routing tests + the GPU ours-vs-original table.
+	PY=$(PY) bash reproduce/benchmarks/gpu_routing_check.sh
 
 # ---------------------------------------------------------------------------------------------------------
 # Reproductions of the papers' published numbers (reproduce/expected.yaml). Knobs:

@@ -7,8 +7,7 @@ parameters (``load_state_dict``: the state-dict names are the same), as a user r
 ``EfficientVectorRouting(n_inp=-1, n_out, d_inp, d_out)`` (n_iters 2, normalize), forward + backward of
 ``out.sum()``. When the original is absent the comparison is skipped with a message and only ours runs.
 
-Every (case, implementation) runs in a fresh subprocess: build the inputs, one warm-up, then ``--repeats``
-timed runs. Reported:
+Each implementation: build the inputs, one warm-up, then ``--repeats`` timed runs. Reported:
 
 * time: the best (min) and median wall-clock seconds of one forward+backward (CUDA: synchronised);
 * peak memory: CPU = the child's peak resident set size (VmHWM, reset right before the warm-up) minus the
@@ -20,7 +19,9 @@ timed runs. Reported:
   traffic) per second; on an H200 compare with ~790 TFLOP/s (bf16 dense) and ~4.3 TB/s.
 
 Implementations: ``original`` (eager), ``ours`` (our default path), and on CUDA also ``original-compiled``
-= ``torch.compile(original)`` (compiled during the warm-up; compile time not counted).
+= ``torch.compile(original)`` (compiled during the warm-up; compile time not counted; bf16 only unless
+``--compile-fp32``). On CPU every (case, implementation) runs in its own subprocess (RSS peaks); on CUDA
+one subprocess per (case, precision) runs all implementations (peaks reset between them).
 
 Usage:
     python reproduce/benchmarks/bench_routing.py --quick                 # CPU, < 1 min
@@ -106,8 +107,9 @@ def big_products(x_grad: bool, n_iters: int = 2) -> int:
     return one_pass * (3 if x_grad else 2)
 
 
-def run_case(case: str, impl: str, args: argparse.Namespace) -> dict:
-    """Child process: build one case, time forward+backward of one implementation, measure memory."""
+def run_case(case: str, impls: list[str], args: argparse.Namespace) -> list[dict]:
+    """Child process: build one case, time forward+backward of each implementation, measure memory (on CPU
+    the parent runs one implementation per child: RSS peaks need a fresh process)."""
     import torch
 
     if args.threads > 0:
@@ -120,20 +122,31 @@ def run_case(case: str, impl: str, args: argparse.Namespace) -> dict:
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     ours = EfficientVectorRouting(n_inp=-1, n_out=m, d_inp=d, d_out=h)
-    if impl == "ours":
-        layer = ours
-    else:
-        original = load_original(Path(args.original))
-        layer = original.EfficientVectorRouting(n_inp=-1, n_out=m, d_inp=d, d_out=h)
-        layer.load_state_dict(ours.state_dict())
-        del ours
-    layer = layer.to(device)
-    if impl == "original-compiled":
-        layer = torch.compile(layer)
     x = torch.randn(batch, n, d, device=device).requires_grad_(x_grad)
-    params = [p for p in layer.parameters()]
-    leaves = params + ([x] if x_grad else [])
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    results = []
+    for impl in impls:
+        if impl == "ours":
+            layer = ours
+        else:
+            original = load_original(Path(args.original))
+            layer = original.EfficientVectorRouting(n_inp=-1, n_out=m, d_inp=d, d_out=h)
+            layer.load_state_dict(ours.state_dict())
+        layer = layer.to(device)
+        leaves = list(layer.parameters()) + ([x] if x_grad else [])
+        if impl == "original-compiled":
+            layer = torch.compile(layer)
+        results.append(_time_layer(torch, layer, x, leaves, case, impl, args))
+        del layer, leaves
+        if cuda:
+            torch.cuda.empty_cache()
+    return results
+
+
+def _time_layer(torch, layer, x, leaves, case: str, impl: str, args: argparse.Namespace) -> dict:
+    """One warm-up (compiles, if compiled) then ``args.repeats`` timed forward+backward runs of ``layer``."""
+    batch, n, d, m, h, x_grad, _ = CASES[case]
+    cuda = x.device.type == "cuda"
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def fwd_bwd() -> None:
         for p in leaves:
@@ -164,6 +177,8 @@ def run_case(case: str, impl: str, args: argparse.Namespace) -> dict:
             cpus.append((c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime))
     peak = torch.cuda.max_memory_allocated() if cuda else _peak_bytes(reset_ok)
     grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in leaves if p.grad is not None)
+    for p in leaves:
+        p.grad = None
     best = min(walls)
     flops = big_products(x_grad) * 2.0 * batch * n * m * d
     x_bytes = big_products(x_grad) * batch * n * d * (2 if args.precision == "bf16" else 4)
@@ -176,32 +191,21 @@ def run_case(case: str, impl: str, args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
-def _child(case: str, impl: str, precision: str, args: argparse.Namespace) -> dict | None:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        case,
-        impl,
-        "--device",
-        args.device,
-        "--precision",
-        precision,
-        "--repeats",
-        str(args.repeats),
-        "--threads",
-        str(args.threads),
-        "--original",
-        str(args.original),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(
-            f"# {case}/{impl}/{precision} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}",
-            file=sys.stderr,
-        )
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _children(case: str, impls: list[str], precision: str, args: argparse.Namespace) -> list[dict]:
+    """Run the implementations of one (case, precision): one subprocess each on CPU, one for all on CUDA."""
+    groups = [impls] if args.device.startswith("cuda") else [[impl] for impl in impls]
+    results = []
+    for group in groups:
+        cmd = [sys.executable, __file__, "--child", case, ",".join(group), "--device", args.device,
+               "--precision", precision, "--repeats", str(args.repeats), "--threads", str(args.threads),
+               "--original", str(args.original)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"# {case}/{','.join(group)}/{precision} failed (exit {proc.returncode}): "
+                  f"{proc.stderr.strip()[-800:]}", file=sys.stderr)  # fmt: skip
+            continue
+        results += json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
 
 
 def _gib(b: float) -> str:
@@ -286,13 +290,14 @@ def main() -> None:
         "+ original-compiled on CUDA)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
+    parser.add_argument("--compile-fp32", action="store_true", help="also time original-compiled in fp32")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_case(*args.child, args)))
+        print(json.dumps(run_case(args.child[0], args.child[1].split(","), args)))
         return
     cuda = args.device.startswith("cuda")
     if args.quick:
@@ -337,15 +342,12 @@ def main() -> None:
     results = []
     for case in cases:
         for precision in precisions:
-            for impl in impls:
-                r = _child(case, impl, precision, args)
-                if r is not None:
-                    results.append(r)
-                    print(
-                        f"#   {case:>13} {precision} {impl:>17}: best {r['best_s']:.4f} s, median {r['median_s']:.4f} s, "
-                        f"act {_gib(r['act_bytes'])} GiB",
-                        file=sys.stderr,
-                    )
+            # The compiled original is compared in bf16 (the common case on GPUs), as in issue #12's table.
+            run = [i for i in impls if i != "original-compiled" or precision == "bf16" or args.compile_fp32]
+            for r in _children(case, run, precision, args):
+                results.append(r)
+                print(f"#   {case:>13} {precision} {r['impl']:>17}: best {r['best_s']:.4f} s, "
+                      f"median {r['median_s']:.4f} s, act {_gib(r['act_bytes'])} GiB", file=sys.stderr)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print()
