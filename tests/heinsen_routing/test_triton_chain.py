@@ -111,3 +111,36 @@ def test_kernels_on_cuda():
 if __name__ == "__main__":  # the interpreter check (run by test_kernels_in_the_triton_interpreter)
     torch.set_num_threads(1)
     print("\n".join(check_against_torch_chain("cpu")))
+
+
+@pytest.mark.gpu
+def test_layer_on_cuda_matches_cpu_in_fp32_and_bf16():
+    """The default path on CUDA (GPU-sized blocks, Triton chain) against the CPU fused path: float32 within
+    1e-4 of max (different summation orders and cuBLAS kernels), bf16 autocast within the documented bound."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from heinsen_routing import EfficientVectorRouting
+
+    torch.manual_seed(0)
+    layer = EfficientVectorRouting(n_inp=-1, n_out=16, d_inp=64, d_out=32)
+    x = torch.randn(4, 3000, 64)
+    results = {}
+    for name, device, autocast in [
+        ("cpu", "cpu", False),
+        ("cuda", "cuda", False),
+        ("cuda-bf16", "cuda", True),
+    ]:
+        model = layer.to(device)
+        xd = x.to(device).requires_grad_(True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            out = model(xd)
+        (out.float() * torch.linspace(-1, 1, out.shape[-1], device=device)).sum().backward()
+        grads = [xd.grad.cpu(), *(p.grad.cpu() for p in model.parameters())]
+        results[name] = (out.detach().float().cpu(), grads)
+        model.zero_grad()
+    for name, tol_out, tol_grad in [("cuda", 1e-4, 1e-4), ("cuda-bf16", BF16_OUT_TOL, BF16_GRAD_TOL)]:
+        out, grads = results[name]
+        ref_out, ref_grads = results["cpu"]
+        assert (out - ref_out).abs().max() <= tol_out * ref_out.abs().max(), name
+        for g, r in zip(grads, ref_grads, strict=True):
+            assert (g - r).abs().max() <= tol_grad * r.abs().max() + 1e-12, name
