@@ -17,6 +17,7 @@ PIL_Image = pytest.importorskip("PIL.Image")
 from heinsen_zoo.backbones import minilm_dir  # noqa: E402
 from heinsen_zoo.cli import main  # noqa: E402
 from heinsen_zoo.inference import (  # noqa: E402
+    DEFAULT_MAX_CHUNKS,
     format_json,
     format_table,
     image_transform,
@@ -140,7 +141,9 @@ def test_infer_text_json_matches_the_model(capsys, text_export):
     result = json.loads(out)
     assert [r["index"] for r in result] == [0, 1]
     assert result[0]["input"].startswith("text[0]: the match")
+    assert "only the first 8 used (max_chunks)" in result[1]["note"] and result[0]["note"] is None
     model = from_pretrained(str(text_export))
+    model.backbone.max_chunks = DEFAULT_MAX_CHUNKS  # infer's cap when the export records none
     expected = model.predict_proba({"text": texts})  # [2, 3]
     for row, probs in zip(result, expected, strict=True):
         top = row["top_k"]
