@@ -76,3 +76,30 @@ def test_corrupt_export_is_not_logged(offline):
         log_export_artifact(out, run=object())
     with pytest.raises(ValueError, match="no active W&B run"):
         log_export_artifact(export(offline / "again"))
+
+
+def test_fit_with_wandb_logger_logs_the_exported_head(offline):
+    """LOGGER=wandb: ExportPretrainedHead exports at fit end and logs the export as a model artifact."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import WandbLogger
+
+    from heinsen_zoo.tasks import RoutingClassificationTask
+
+    torch.manual_seed(0)
+    task = RoutingClassificationTask(
+        backbone=SPEC, n_classes=2, d_depth=3, d_emb=16, n_hid=4, mixup_alpha=None,
+        export_dir=str(offline / "export"),
+    )  # fmt: skip
+    batches = [{"hidden": torch.randn(4, 5, 3, 16), "label": torch.tensor([0, 1, 0, 1])}]
+    logger = WandbLogger(project="heinsen-routing", name="tiny-fit", save_dir=str(offline), offline=True)
+    trainer = pl.Trainer(
+        max_steps=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    try:
+        trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    finally:
+        logger.experiment.finish()
+    assert (offline / "export" / "model.safetensors").is_file()
+    records = run_records(offline)
+    assert b"tiny-fit-head" in records and b"model.safetensors" in records

@@ -55,6 +55,7 @@ class ResultRecord:
     git_commit: str = ""
     seed: int | None = None
     resumed_from: str | None = None
+    curves_png: str = ""  # training curves (loss, accuracy, learning rate), relative to the results folder
     finished_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
 
     @classmethod
@@ -144,6 +145,16 @@ def render_report(
             f"_code: git {', '.join(commits)}; 'final' = the head after the last epoch (as the papers "
             "report); n test = examples scored, equal to the split's size._"
         )
+    curves = [
+        (name, results[name].curves_png) for name in names if results.get(name) and results[name].curves_png
+    ]
+    if curves:
+        lines += [
+            "",
+            "Training curves (loss, validation accuracy, learning rate per step, from the run's CSV log):",
+            "",
+        ]
+        lines += [f"- {name}: [{png}]({png})" for name, png in curves]
     if any(r is not None and r.smoke for r in results.values()):
         lines.append("")
         lines.append(

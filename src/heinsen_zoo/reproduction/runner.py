@@ -198,8 +198,27 @@ def run_row(
         resumed_from=ckpt_path,
     )
     if trainer.is_global_zero:
+        record.curves_png = _plot_curves(trainer, results_dir, row.name, smoke)
         write_result(record, results_dir)
     return record
+
+
+def _plot_curves(trainer: Any, results_dir: Path, name: str, smoke: bool) -> str:
+    """``curves/<row>[.smoke].png`` from the run's CSVLogger metrics.csv (relative to ``results_dir``); "" when
+    the run kept no CSV log (e.g. ``--logger wandb``: the curves are in W&B)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from heinsen_zoo.curves import plot_learning_curves
+
+    for logger in trainer.loggers:
+        metrics = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if metrics is not None and metrics.is_file():
+            relative = Path("curves") / f"{name}{'.smoke' if smoke else ''}.png"
+            plot_learning_curves(
+                metrics, results_dir / relative, title=f"{name}{' (smoke)' if smoke else ''}"
+            )
+            return relative.as_posix()
+    return ""
 
 
 def _seed() -> int | None:

@@ -485,7 +485,8 @@ class ExportPretrainedHead(pl.Callback):
 
     The final ``val/*`` and ``test/*`` metrics the trainer holds go into ``config.json["metrics"]``; the
     preprocessing recorded is the task's ``preprocessing`` hyperparameter, else the datamodule's
-    ``preprocessing`` attribute (a dict, or a method returning one), else none.
+    ``preprocessing`` attribute (a dict, or a method returning one), else none. With a ``WandbLogger``
+    (``--logger wandb``) the export is also logged as a W&B ``model`` artifact (:mod:`heinsen_zoo.wandb_artifact`).
 
     Example:
         >>> ExportPretrainedHead("exports/cifar10").export_dir
@@ -515,3 +516,7 @@ class ExportPretrainedHead(pl.Callback):
             preprocessing = preprocessing() if callable(preprocessing) else preprocessing
         pl_module.export(self.export_dir, metrics, preprocessing)
         rank_zero_info(f"ExportPretrainedHead: head exported to {self.export_dir}")
+        from heinsen_zoo.wandb_artifact import log_to_wandb_loggers
+
+        for artifact in log_to_wandb_loggers(trainer, self.export_dir):  # LOGGER=wandb: a versioned model artifact
+            rank_zero_info(f"ExportPretrainedHead: logged W&B model artifact {artifact.name}")
