@@ -362,6 +362,8 @@ def load_published(name_or_path: str | os.PathLike, map_location: str | torch.de
             "published weights in $HEINSEN_SHARED/checkpoints/heinsen2019 or <repo>/../shared/checkpoints/heinsen2019)"
         )
     _verify_checksum(path)
+    from heinsen_zoo.zoo.hub import check_state_dict
+
     try:
         state_dict = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt file or pickled objects that are not plain tensors
@@ -371,6 +373,10 @@ def load_published(name_or_path: str | os.PathLike, map_location: str | torch.de
 
     published = next((v for v in PUBLISHED.values() if v[0] == path.name), None)
     model = published[1](**published[2]) if published else build_from_state_dict(state_dict)
+    try:  # keys, shapes, dtypes (an int tensor where floats are expected is refused, fp16 reported)
+        check_state_dict(model, state_dict, str(path))
+    except ValueError as err:
+        raise ValueError(f"{path} does not fit {type(model).__name__}: {err}") from None
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as err:  # shape mismatches

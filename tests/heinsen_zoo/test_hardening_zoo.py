@@ -378,3 +378,14 @@ def test_fuzzed_checkpoints_raise_only_zoo_errors(tmp_path):
             path.unlink()
     assert cases == 450
     assert escaped == []
+
+
+def test_published_2019_loader_refuses_integer_weights(tmp_path):
+    from heinsen_zoo.capsules2019 import SSTClassifier, load_published
+
+    sd = SSTClassifier(d_depth=3, d_emb=8, n_classes=4).state_dict()
+    torch.save({**sd, "routings.1.B": (sd["routings.1.B"] * 10).long()}, tmp_path / "int.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # int.pt is not listed in a SHA256SUMS
+        with pytest.raises(ValueError, match=r"dtype mismatches routings.1.B: checkpoint torch.int64 vs model"):
+            load_published(tmp_path / "int.pt")
