@@ -19,7 +19,10 @@ and per block of rows (several whole samples, or a row range of one sample; ``ch
 * D/M-steps element-wise: ``φ = f_a·((β_use + β_ign)·R − β_ign)``, which is ``β_use·D_use − β_ign·D_ign``
   with ``D_use = f_a·R``, ``D_ign = f_a − D_use``; then ``A_t += φᵀ @ x_blk`` (``[m, rows] × [rows, d]``)
   and ``s_t += Σ_i φ``. For variable n (β given as two ``nn.Linear``) both layers are one matmul
-  ``x_blk @ [W_use + W_ign; W_ign]ᵀ`` at t = 0, whose outputs are directly ``[β_use + β_ign | β_ign]``.
+  ``x_blk @ [W_use + W_ign; W_ign]ᵀ`` at t = 0, whose outputs are directly ``[β_use + β_ign | β_ign]``;
+  when ``a_logits`` is given as ``(W_A [1, d], B_A [1])`` (what EfficientVectorRouting(n_inp=-1) passes),
+  W_A is one more row, so that ``a = scale·(x·W_A) + B_A`` costs no pass over x of its own, and its
+  gradient joins the dx and weight-gradient products as one more column.
 * Small [m, ·] operations (plain tensors): ``x_out_t = ((scale·A_t) ⊙ W_F1) @ W_F2 + s_t ⊗ B_F2`` and
   ``P_{t+1} = N(x_out_t) @ W_G1 ⊙ W_G2 + B_G2``; finally ``N(x_out)`` if ``normalize``.
 
@@ -159,10 +162,14 @@ class _FusedEMRouting(torch.autograd.Function):
         rows: int,
         for_backward: bool,  # False: nothing will call backward (no grad), keep no logits
         tri: bool,  # element-wise chain in the Triton kernels (see _triton_chain.supported)
+        fold_a: bool,  # a is B_A [1]; the logits are scale·(x·W_A) + B_A with W_A = Wb's last row
     ) -> Tensor:
         B, n, d = x.shape
         m = W_F1.shape[0]
         edt = a.dtype
+        B_A = None
+        if fold_a:
+            B_A, a = a, x.new_empty(B, n, dtype=edt)  # a: filled per block at t = 0
         par = ctx.threads.par
         blocks = _blocks(B, n, rows)
         linear = Wb is not None
@@ -187,7 +194,11 @@ class _FusedEMRouting(torch.autograd.Function):
                         flat = xb.reshape(Bc * c, d)
                         with par():
                             beta = flat @ Wb.t() if bb is None else torch.addmm(bb, flat, Wb.t())
-                        beta_blocks.append(beta.view(Bc, c, 2 * m))
+                        beta = beta.view(Bc, c, Wb.shape[0])
+                        beta_blocks.append(beta)
+                        if fold_a:
+                            sc = scale if isinstance(scale, float) else scale[bs].view(Bc, 1)
+                            torch.add(B_A, beta[..., 2 * m] * sc, out=a[bs, is_])  # [Bc, c]
                     L = None
                     if P_c is not None:
                         L = xb.new_empty(Bc, c, m)
@@ -222,7 +233,7 @@ class _FusedEMRouting(torch.autograd.Function):
                         graphs.append(([A, s, *leaves[:3]], out))
 
         ctx.save_for_backward(x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S, mask)
-        ctx.scale, ctx.tri = scale, tri
+        ctx.scale, ctx.tri, ctx.fold_a, ctx.a = scale, tri, fold_a, a
         ctx.n_iters, ctx.normalize, ctx.blocks = n_iters, normalize, blocks
         ctx.As, ctx.ss, ctx.Ps, ctx.logits, ctx.beta_blocks = As, ss, Ps, logits, beta_blocks
         ctx.graphs = graphs
@@ -234,9 +245,9 @@ class _FusedEMRouting(torch.autograd.Function):
     def backward(ctx, g_out: Tensor):  # type: ignore[override]
         x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S, mask = ctx.saved_tensors
         with _no_autocast(x.device):
-            grads = _backward(ctx, g_out.to(a.dtype), x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2,
+            grads = _backward(ctx, g_out.to(a.dtype), x, ctx.a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2,
                               W_S, B_S, mask)  # fmt: skip
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None)
 
 
 def _betas(
@@ -246,7 +257,7 @@ def _betas(
     """(β_use + β_ign, β_ign) of block k in the element-wise dtype."""
     if linear:
         beta = beta_blocks[k]
-        return beta[..., :m].to(edt), beta[..., m:].to(edt)
+        return beta[..., :m].to(edt), beta[..., m : 2 * m].to(edt)
     bib = _blk(bi, bs, is_)
     return _blk(bu, bs, is_) + bib, bib
 
@@ -254,8 +265,11 @@ def _betas(
 def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S, mask):
     """Gradients of :class:`_FusedEMRouting` (see the module docstring), in the order of its inputs."""
     needs = ctx.needs_input_grad
-    need_x, need_a = needs[0], needs[1]
-    linear = Wb is not None
+    linear, fold_a = Wb is not None, ctx.fold_a
+    need_x = needs[0]
+    # da is needed for a's gradient (B_A's when a = scale·(x·W_A) + B_A is folded into Wb, and then also
+    # for W_A = Wb's last row and for dx)
+    need_a = needs[1] or (fold_a and (needs[4] or need_x))
     # dβ is needed for β's own gradients and, with Linear betas, for the dx term dβ @ Wb.
     need_beta = (needs[4] or needs[5] or need_x) if linear else (needs[2] or needs[3])
     need_WS, need_BS = needs[12], needs[13]
@@ -264,6 +278,7 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
     B, n, d = x.shape
     m = W_F1.shape[0]
     edt, cdt = a.dtype, x.dtype
+    n_beta = Wb.shape[0] if linear else 0  # 2m (+1 when a is folded)
 
     def zeros(t: Tensor) -> Tensor:  # fp32/edt accumulator, contiguous
         return torch.zeros(t.shape, dtype=edt, device=t.device)
@@ -293,7 +308,7 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
 
     # dx = Σ_t (φ_t @ gA_t + dL_t @ P_t) + dβ @ Wb: the left factors are written per block into one
     # [Bc, c, (2T−1)·m (+2m)] buffer (product dtype) and all terms are one matmul at t = 0.
-    n_cols = (2 * T - 1) * m + (2 * m if linear else 0)
+    n_cols = (2 * T - 1) * m + n_beta
     dx_lhs: list[Tensor | None] = [None] * len(blocks)
     dx_rhs: list[Tensor] = []
     gA, gs = small_grads(T - 1, g_out)
@@ -318,7 +333,7 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
             with par():
                 dphi = _baddbmm_as(gs[bs].unsqueeze(1), xb, gA_T[bs], edt)  # dφ [Bc, c, m]
             if linear and need_beta and dbeta_acc[k] is None:
-                acc, acc_add = xb.new_empty(Bc, c, 2 * m, dtype=edt), False
+                acc, acc_add = xb.new_empty(Bc, c, n_beta, dtype=edt), False
                 dbeta_acc[k] = acc
             elif linear and need_beta:
                 acc, acc_add = dbeta_acc[k], True
@@ -351,7 +366,10 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
                 with par():
                     _bmm_into(gP[bs], dL.transpose(1, 2), xb)
             if linear and need_beta and t == 0:
-                flat = acc.view(1, Bc * c, 2 * m)
+                if fold_a:  # d(x·W_A) = scale·da, complete now for this block
+                    sc = ctx.scale if isinstance(ctx.scale, float) else ctx.scale[bs].view(Bc, 1)
+                    torch.mul(ga[bs, is_], sc, out=acc[..., 2 * m])
+                flat = acc.view(1, Bc * c, n_beta)
                 if gWb is not None:
                     with par():
                         _bmm_into(gWb.unsqueeze(0), flat.transpose(1, 2), xb.reshape(1, Bc * c, d))
@@ -371,6 +389,8 @@ def _backward(ctx, g_out, x, a, bu, bi, Wb, bb, W_F1, W_F2, B_F2, W_G1, W_G2, B_
         return None if g is None else g.to(like.dtype)
 
     g_small_out = [g if needs[6 + i] else None for i, g in enumerate(g_small)]
+    if fold_a:  # the input was B_A [1]
+        ga = ga.sum().reshape(1) if needs[1] else None
     return (gx, ga, gbu, gbi, cast(gWb, Wb), cast(gbb, bb), *g_small_out, gWS, gBS)
 
 
@@ -393,11 +413,11 @@ def _chain_backward_torch(
         m = u.shape[-1]
         if not acc_add:
             uR = torch.mul(u, st.R, out=acc[..., :m])
-            torch.neg(u, out=acc[..., m:])
+            torch.neg(u, out=acc[..., m : 2 * m])
         else:
             uR, uR_owned = u * st.R, True
             acc[..., :m] += uR
-            acc[..., m:] -= u
+            acc[..., m : 2 * m] -= u
     elif fixed_betas:
         uR, uR_owned = u * st.R, True
         if gbu is not None:
@@ -440,7 +460,7 @@ def _check_shape(name: str, t: Tensor, shape: tuple[int, ...], layout: str) -> N
 def fused_em_routing(
     x: Tensor,  # [..., n, d_inp], zero at padded positions, not scaled
     scale: float | Tensor,  # n^-0.5: float, or tensor broadcastable to [..., 1, 1]
-    a_logits: Tensor,  # [..., n]
+    a_logits: Tensor | tuple[Tensor, Tensor],  # [..., n], or (W_A [1, d_inp], B_A [1]): computed here
     beta_use: Tensor | nn.Module,  # broadcastable to [..., n, n_out], or nn.Linear(d_inp, n_out)
     beta_ign: Tensor | nn.Module,
     W_F1: Tensor,  # [n_out, d_inp]
@@ -487,8 +507,14 @@ def fused_em_routing(
                 f"{name}: expected shape [n1, n_out] with n1 in (1, {n}), n_out = {n_out}, "
                 f"got {list(t.shape)}"
             )
-    check_floating("a_logits", a_logits)
-    check_broadcastable("a_logits", a_logits, [*batch, n], "[..., n]")
+    fold_a = isinstance(a_logits, tuple)
+    if fold_a:  # a = scale·(x·W_A) + B_A, computed in the beta product when the betas are Linear
+        W_A, B_A = a_logits
+        _check_shape("W_A", check_floating("W_A", W_A), (1, d), "[1, d_inp]")
+        _check_shape("B_A", check_floating("B_A", B_A), (1,), "[1]")
+    else:
+        check_floating("a_logits", a_logits)
+        check_broadcastable("a_logits", a_logits, [*batch, n], "[..., n]")
     if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 1:
         raise ValueError(f"n_iters: expected an int >= 1, got {n_iters!r}")
     if chunk_size is not None and (
@@ -515,7 +541,11 @@ def fused_em_routing(
 
     # Dtypes: element-wise work and accumulators in the widest floating input's dtype (parameters are usually
     # float32); the n-sized products in that dtype too, or in the autocast dtype under autocast.
-    floats = [x, a_logits, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S]
+    if fold_a and not linear:  # nothing to fold into: the logits by plain ops
+        scale_a = scale if not isinstance(scale, Tensor) else scale.squeeze(-1)
+        a_logits, fold_a = scale_a * (x @ W_A[0]) + B_A, False
+    floats = [x, W_F1, W_F2, B_F2, W_G1, W_G2, B_G2, W_S, B_S]
+    floats += [W_A, B_A] if fold_a else [a_logits]
     floats += [beta_use.weight, beta_ign.weight] if linear else [beta_use, beta_ign]
     dtype = floats[0].dtype
     for t in floats[1:]:
@@ -529,7 +559,8 @@ def fused_em_routing(
     with _no_autocast(x.device):
         B = math.prod(batch)
         xb = cast(x, cdt).reshape(B, n, d).contiguous()  # [B, n, d]
-        ab = cast(a_logits).expand(*batch, n).reshape(B, n)  # [B, n]
+        # [B, n] logits, or B_A [1] when they are computed in the Function (W_A is then Wb's last row)
+        ab = cast(B_A) if fold_a else cast(a_logits).expand(*batch, n).reshape(B, n)
         if isinstance(scale, Tensor):
             scale = cast(scale).expand(*batch, 1, 1).reshape(B, 1, 1)
         else:
@@ -538,15 +569,15 @@ def fused_em_routing(
             _check_shape("beta_use.weight", beta_use.weight, (n_out, d), "[n_out, d_inp]")
             _check_shape("beta_ign.weight", beta_ign.weight, (n_out, d), "[n_out, d_inp]")
             W_use, W_ign = cast(beta_use.weight), cast(beta_ign.weight)
-            Wb = cast(
-                torch.cat([W_use + W_ign, W_ign], dim=0), cdt
-            )  # [2m, d]: outputs [β_use + β_ign | β_ign]
+            # Wb [2m (+1), d]: outputs [β_use + β_ign | β_ign (| x·W_A)]
+            W_rows = [W_use + W_ign, W_ign] + ([cast(W_A)] if fold_a else [])
+            Wb = cast(torch.cat(W_rows, dim=0), cdt)
             if beta_use.bias is None and beta_ign.bias is None:
                 bb = None
             else:
                 b_use = W_use.new_zeros(n_out) if beta_use.bias is None else cast(beta_use.bias)
                 b_ign = W_use.new_zeros(n_out) if beta_ign.bias is None else cast(beta_ign.bias)
-                bb = cast(torch.cat([b_use + b_ign, b_ign]), cdt)  # [2m]
+                bb = cast(torch.cat([b_use + b_ign, b_ign] + ([W_use.new_zeros(1)] if fold_a else [])), cdt)
             bu = bi = None
         else:
             Wb = bb = None
@@ -564,26 +595,7 @@ def fused_em_routing(
         for_backward = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
         tri = device_type in TRITON_DEVICES and _tri.supported(linear, mk, WS, n_out)
         out = _FusedEMRouting.apply(
-            xb,
-            ab,
-            bu,
-            bi,
-            Wb,
-            bb,
-            cast(W_F1),
-            cast(W_F2),
-            cast(B_F2),
-            cast(W_G1),
-            cast(W_G2),
-            cast(B_G2),
-            WS,
-            BS,
-            scale,
-            mk,
-            n_iters,
-            bool(normalize),
-            rows,
-            for_backward,
-            tri,
-        )
+            xb, ab, bu, bi, Wb, bb, cast(W_F1), cast(W_F2), cast(B_F2), cast(W_G1), cast(W_G2), cast(B_G2),
+            WS, BS, scale, mk, n_iters, bool(normalize), rows, for_backward, tri, fold_a,
+        )  # fmt: skip
     return out.reshape(*batch, n_out, d_out)

@@ -199,7 +199,7 @@ def chain_backward(
     beta: Tensor,  # [Bc, c, 2m]
     W_S: Tensor,
     B_S: Tensor,
-    acc: Tensor | None,  # [Bc, c, 2m] float32 dβ accumulator, or None (dβ not needed)
+    acc: Tensor | None,  # [Bc, c, 2m (+1)] float32 dβ accumulator (columns 2m.. untouched), or None
     acc_add: bool,  # add to acc (else overwrite)
     dL_out: Tensor | None,  # [Bc, c, m] (may be a column slice) or None
     phi_out: Tensor | None,  # [Bc, c, m] (may be a column slice) or None
@@ -217,7 +217,7 @@ def chain_backward(
     if ga is not None and not ga.is_contiguous():
         raise ValueError("ga: expected a contiguous block of the gradient of a_logits")
     L2 = _rows2d(L, m) if L is not None else dphi2
-    acc2 = acc.view(rows, 2 * m) if acc is not None else dphi2
+    acc2 = acc.view(rows, acc.shape[-1]) if acc is not None else dphi2
 
     def strided(t: Tensor | None) -> tuple[Tensor, int]:
         if t is None:

@@ -183,6 +183,12 @@ class EfficientVectorRouting(nn.Module):
             f"return_dict={self.return_dict}"
         )
 
+    def _a_logits(self, x: torch.Tensor, scale_a: float | torch.Tensor) -> torch.Tensor:
+        """a[..., i] = sum_d xs[i, d] W_A[i, d] + B_A[i], without materialising xs   [..., n]"""
+        if self.W_A.shape[0] == 1:
+            return scale_a * (x @ self.W_A[0]) + self.B_A
+        return scale_a * torch.einsum("...nd,nd->...n", x, self.W_A) + self.B_A  # no [..., n, d] temp
+
     def forward(
         self,
         x: torch.Tensor,
@@ -199,23 +205,23 @@ class EfficientVectorRouting(nn.Module):
         else:
             scale = n_unpadded.clamp(min=1).to(x.dtype).rsqrt()[..., None, None]  # [..., 1, 1]
             scale_a = scale.squeeze(-1)  # [..., 1]
-        # a[..., i] = sum_d xs[i, d] W_A[i, d] + B_A[i], without materialising xs   [..., n]
-        if self.W_A.shape[0] == 1:
-            a_logits = scale_a * (x @ self.W_A[0]) + self.B_A
-        else:
-            a_logits = scale_a * torch.einsum("...nd,nd->...n", x, self.W_A) + self.B_A  # no [..., n, d] temp
-        if self.memory_efficient and not self.return_dict and not is_compiling():  # fused Function = graph break
+        if (
+            self.memory_efficient and not self.return_dict and not is_compiling()
+        ):  # fused Function = graph break
             # Default fast path: fused, chunked loop; never stores the [..., n, n_out] tensors (see _fused).
             if self.n_inp > 0:
                 beta_use, beta_ign = self.beta_use, self.beta_ign  # [n, n_out]
+                a_logits = self._a_logits(x, scale_a)
             else:
                 beta_use, beta_ign = self.compute_beta_use, self.compute_beta_ign  # fused Linear layers
+                a_logits = (self.W_A, self.B_A)  # computed in the fused betas' product
             return fused_em_routing(
                 x, scale, a_logits, beta_use, beta_ign,
                 self.W_F1, self.W_F2, self.B_F2, self.W_G1, self.W_G2, self.B_G2, self.W_S, self.B_S,
                 mask, self.n_iters, self.normalize,
             )  # fmt: skip
         beta_use, beta_ign = compute_betas(self, x)  # [n, n_out] or [..., n, n_out]
+        a_logits = self._a_logits(x, scale_a)
         return plain_em_routing(
             x, scale, a_logits, beta_use, beta_ign,
             self.W_F1, self.W_F2, self.B_F2, self.W_G1, self.W_G2, self.B_G2, self.W_S, self.B_S,

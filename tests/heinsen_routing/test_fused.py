@@ -411,3 +411,27 @@ def test_bad_arguments_name_the_argument(change, match):
     kwargs.update(change)
     with pytest.raises((ValueError, TypeError), match=match):
         fused_em_routing(**kwargs)
+
+
+@pytest.mark.parametrize("scale_kind", ["float", "tensor"])
+def test_activation_logits_folded_into_the_beta_product(scale_kind):
+    """a_logits given as (W_A [1, d], B_A [1]) is computed inside (one more column of the beta product, and
+    of the dx and weight-gradient products): same values and gradients as passing the logits."""
+    dt = torch.float64
+    x, a, beta_use, beta_ign, W, mask = make_case((2,), 9, 5, 4, 3, True, "padding", 1, dt)
+    gen = torch.Generator().manual_seed(3)
+    W_A = torch.randn(1, 5, generator=gen, dtype=dt).requires_grad_(True)
+    B_A = torch.randn(1, generator=gen, dtype=dt).requires_grad_(True)
+    scale = 9**-0.5 if scale_kind == "float" else torch.tensor([[[0.3]], [[0.5]]], dtype=dt)
+    scale_a = scale if scale_kind == "float" else scale.squeeze(-1)
+    leaves = [x, W_A, B_A, *W, *beta_use.parameters(), *beta_ign.parameters()]
+    results = []
+    for a_arg in (None, (W_A, B_A)):
+        a_logits = scale_a * (x @ W_A[0]) + B_A if a_arg is None else a_arg
+        out = fused_em_routing(x, scale, a_logits, beta_use, beta_ign, *W, mask, 2, True, chunk_size=4)
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dt)
+        results.append((out, torch.autograd.grad((out * weights).sum(), leaves)))
+    (out_p, grads_p), (out_f, grads_f) = results
+    torch.testing.assert_close(out_f, out_p, rtol=1e-12, atol=1e-12)
+    for gf, gp in zip(grads_f, grads_p, strict=True):
+        torch.testing.assert_close(gf, gp, rtol=1e-10, atol=1e-12)

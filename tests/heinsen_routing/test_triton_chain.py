@@ -18,13 +18,13 @@ import torch
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 
-# (batch, n, d, n_out, d_out, n_iters, chunk_size, Linear biases): blocks of whole samples, row ranges of one
-# sample, one iteration (no logits), three iterations.
+# (batch, n, d, n_out, d_out, n_iters, chunk_size, Linear biases, a from (W_A, B_A) folded into the beta
+# product): blocks of whole samples, row ranges of one sample, one iteration (no logits), three iterations.
 SETTINGS = [
-    ((2,), 40, 8, 5, 6, 2, 16, True),
-    ((2,), 13, 8, 5, 6, 3, 7, True),
-    ((3,), 6, 8, 3, 6, 1, 100, False),
-    ((), 30, 8, 5, 6, 2, None, True),
+    ((2,), 40, 8, 5, 6, 2, 16, True, False),
+    ((2,), 13, 8, 5, 6, 3, 7, True, True),
+    ((3,), 6, 8, 3, 6, 1, 100, False, True),
+    ((), 30, 8, 5, 6, 2, None, True, False),
 ]
 BF16_OUT_TOL, BF16_GRAD_TOL = 2e-2, 6e-2  # as in test_fused.test_autocast_bf16_close_to_float32
 
@@ -43,15 +43,22 @@ def check_against_torch_chain(device: str, settings=SETTINGS, scale_up: int = 1)
 
     tf = _test_fused()
     lines = []
-    for batch, n, d, m, h, n_iters, chunk, bias in settings:
+    for batch, n, d, m, h, n_iters, chunk, bias, fold in settings:
         case = tf.make_case(batch, n * scale_up, d, m, h, True, None, 1, torch.float32, seed=n)
         x, a, beta_use, beta_ign, W, mask = case
         if not bias:
             beta_use.bias, beta_ign.bias = None, None
+        if fold:  # the case's "a" becomes W_A [1, d] (its gradient is checked); B_A is fixed
+            a = torch.randn(1, d, generator=torch.Generator().manual_seed(n)) * d**-0.5
+        B_A = torch.full((1,), 0.3, device=device)
         moved = [t.detach().to(device).requires_grad_(True) for t in (x, a, *W)]
         beta_use, beta_ign = beta_use.to(device), beta_ign.to(device)
         case = (moved[0], moved[1], beta_use, beta_ign, moved[2:], None)
         results = {}
+
+        def fn(x, scale, a, *rest, fold=fold, B_A=B_A, **kw):
+            return _fused.fused_em_routing(x, scale, (a, B_A) if fold else a, *rest, **kw)
+
         for name, devices, autocast in [
             ("torch", (), False),
             ("triton", (device,), False),
@@ -61,7 +68,7 @@ def check_against_torch_chain(device: str, settings=SETTINGS, scale_up: int = 1)
             _fused.TRITON_DEVICES = devices
             try:
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                    results[name] = tf.run(_fused.fused_em_routing, case, n_iters, True, chunk_size=chunk)
+                    results[name] = tf.run(fn, case, n_iters, True, chunk_size=chunk)
             finally:
                 _fused.TRITON_DEVICES = saved
         (o_t, g_t), (o_k, g_k), (o_b, g_b) = results["torch"], results["triton"], results["triton-bf16"]
