@@ -205,8 +205,14 @@ def save_safetensors(
 
 def ordinary_mode(directory: bool = False) -> int:
     """0o666 (files) or 0o777 (directories) minus the process umask (what ``open``/``mkdir`` would give)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = None
+    with contextlib.suppress(OSError, ValueError):  # Linux: read it without changing it (thread-safe)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                mask = int(line.split()[1], 8)
+    if mask is None:
+        mask = os.umask(0)
+        os.umask(mask)
     return (0o777 if directory else 0o666) & ~mask
 
 
