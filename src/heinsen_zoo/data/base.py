@@ -48,8 +48,9 @@ def missing_data_error(argument: str, path: Path | str | None, expected: str) ->
         "data_dir: no data at '/nowhere'; expecte"
     """
     return FileNotFoundError(
-        f"{argument}: no data at {str(path)!r}; expected {expected}. No download is attempted: "
-        f"provide the files locally and pass their directory as {argument}."
+        f"{argument}: no data at {str(path)!r}; expected {expected}. The DataModule downloads nothing: "
+        f"provide the files locally and pass their directory as {argument} (online, `make reproduce-<row>` and "
+        "`python -m heinsen_zoo.data.fetch ROW --data-dir DATA_DIR` fetch the public datasets, pinned and verified)."
     )
 
 

@@ -20,12 +20,16 @@ from heinsen_zoo.backbones.base import GPT2_LARGE_REVISION
 
 from .expected import ExpectedRow
 
+# Hugging Face layouts the CIFAR and IMDB DataModules read (heinsen_zoo.data.hf_local): a save_to_disk folder
+# or the hub's parquet files (e.g. plain_text/train-00000-of-00001.parquet, as heinsen_zoo.data.fetch writes).
+_HF_LAYOUTS = ["dataset_dict.json", "**/train-*.parquet"]
+
 # Where each row's data lives under DATA_DIR, and the files that must exist (any one pattern per entry).
 DATA_CHECKS: dict[str, tuple[str, list[list[str]]]] = {
     "imagenet1k": ("imagenet", [["train/*/*"], ["val/*/*"]]),
-    "cifar10": ("cifar10", [["cifar-10-batches-py/data_batch_1", "cifar-10-python.tar.gz"]]),
-    "cifar100": ("cifar100", [["cifar-100-python/train", "cifar-100-python.tar.gz"]]),
-    "imdb": ("imdb", [["aclImdb/train/pos/*.txt", "train/pos/*.txt", "dataset_dict.json"]]),
+    "cifar10": ("cifar10", [["cifar-10-batches-py/data_batch_1", "cifar-10-python.tar.gz", *_HF_LAYOUTS]]),
+    "cifar100": ("cifar100", [["cifar-100-python/train", "cifar-100-python.tar.gz", *_HF_LAYOUTS]]),
+    "imdb": ("imdb", [["aclImdb/train/pos/*.txt", "train/pos/*.txt", *_HF_LAYOUTS]]),
     "sst5": ("sst", [["trees/train.txt"], ["trees/test.txt"]]),
     "sst2": ("sst", [["trees/train.txt"], ["trees/test.txt"]]),
     "sst5_2019": ("sst", [["trees/train.txt"], ["trees/test.txt"]]),
@@ -33,8 +37,14 @@ DATA_CHECKS: dict[str, tuple[str, list[list[str]]]] = {
     "smallnorb2019": (
         "smallnorb",
         [
-            ["smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat", "smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat.gz"],
-            ["smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat", "smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat.gz"],
+            [
+                "smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat",
+                "smallnorb-5x46789x9x18x6x2x96x96-training-dat.mat.gz",
+            ],
+            [
+                "smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat",
+                "smallnorb-5x01235x9x18x6x2x96x96-testing-dat.mat.gz",
+            ],
         ],
     ),
 }
@@ -80,7 +90,9 @@ def check_data(row: str, data_dir: str | Path) -> list[str]:
     sub, requirements = DATA_CHECKS[row]
     root = Path(data_dir) / sub
     if not root.is_dir():
-        return [f"data: {root} does not exist (DATA_DIR={data_dir}); expected {requirements_text(root, requirements)}"]
+        return [
+            f"data: {root} does not exist (DATA_DIR={data_dir}); expected {requirements_text(root, requirements)}"
+        ]
     problems = []
     for alternatives in requirements:
         if not any(any(root.glob(pattern)) for pattern in alternatives):
@@ -93,7 +105,9 @@ def requirements_text(root: Path, requirements: list[list[str]]) -> str:
 
 
 def _hf_cache_has(repo_id: str, revision: str | None) -> bool:
-    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    hub_cache = Path(
+        os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub"
+    )
     snapshots = hub_cache.expanduser() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
     if not snapshots.is_dir():
         return False
@@ -126,8 +140,10 @@ def check_gpus(row: str, gpus: int) -> list[str]:
     except ImportError:  # pragma: no cover - torch is a dependency
         return ["gpu: torch is not installed"]
     if not torch.cuda.is_available():
-        return [f"gpu: no CUDA GPU visible (GPUS={gpus} requested); the paper-scale runs need GPUs — "
-                "use SMOKE=1 for the CPU smoke chain"]
+        return [
+            f"gpu: no CUDA GPU visible (GPUS={gpus} requested); the paper-scale runs need GPUs — "
+            "use SMOKE=1 for the CPU smoke chain"
+        ]
     count = torch.cuda.device_count()
     problems = []
     if count < gpus:
@@ -145,12 +161,17 @@ def check_disk(path: str | Path, min_free_gb: float = MIN_FREE_DISK_GB) -> list[
     probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     free = shutil.disk_usage(probe).free / 2**30
     if free < min_free_gb:
-        return [f"disk: {free:.1f} GiB free at {probe}, at least {min_free_gb} GiB wanted for checkpoints and logs"]
+        return [
+            f"disk: {free:.1f} GiB free at {probe}, at least {min_free_gb} GiB wanted for checkpoints and logs"
+        ]
     return []
 
 
 def preflight(
-    row: ExpectedRow, data_dir: str | Path, gpus: int, model_dir: str | Path | None = None,
+    row: ExpectedRow,
+    data_dir: str | Path,
+    gpus: int,
+    model_dir: str | Path | None = None,
     results_dir: str | Path = "results",
 ) -> PreflightReport:
     """All checks for one row, plus the time estimate as a note."""

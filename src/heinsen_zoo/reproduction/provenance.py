@@ -48,6 +48,7 @@ class BatchProbe(pl.Callback):
         self.first_step: list[int] | None = None
         self.gathered: list[dict[str, Any]] = []
         self.accumulate = 1
+        self.train_dataset_size: int | None = None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -72,6 +73,10 @@ class BatchProbe(pl.Callback):
         else:
             self.gathered = [mine]
         self.accumulate = int(trainer.accumulate_grad_batches or 1)
+        loader = trainer.train_dataloader
+        self.train_dataset_size = (
+            len(loader.dataset) if hasattr(getattr(loader, "dataset", None), "__len__") else None
+        )
         if self.out_dir is not None and trainer.is_global_zero:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "batch_probe.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
@@ -88,6 +93,7 @@ class BatchProbe(pl.Callback):
             "per_device_batch": per_rank,
             "effective_batch": sum(per_rank) * self.accumulate,
             "first_step_disjoint": disjoint,
+            "train_dataset_size": self.train_dataset_size,
             "ranks": self.gathered,
         }
 

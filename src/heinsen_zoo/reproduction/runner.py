@@ -226,6 +226,30 @@ def _seed() -> int | None:
     return int(value) if value is not None and value.lstrip("-").isdigit() else None
 
 
+def fetch_missing(names: list[str], data_dir: Path, offline: bool) -> None:
+    """Online, fetch the public data of rows whose data is missing (pinned, verified: heinsen_zoo.data.fetch).
+
+    Offline (``--offline`` or HF_HUB_OFFLINE=1) nothing is fetched; the preflight then names what is missing.
+    A failed fetch is printed and left to the preflight as well.
+    """
+    from heinsen_zoo.backbones import is_offline
+    from heinsen_zoo.data.fetch import FetchError, fetch
+
+    from .preflight import check_data
+
+    for name in names:
+        if not check_data(name, data_dir):
+            continue
+        if offline or is_offline():
+            print(f"data: {name}: missing under {data_dir}, and offline: nothing fetched", flush=True)
+            continue
+        print(f"data: {name}: fetching into {data_dir} (pinned, verified)", flush=True)
+        try:
+            fetch(name, data_dir)
+        except FetchError as error:
+            print(f"data: {name}: {error}", file=sys.stderr, flush=True)
+
+
 def report(names: list[str], results_dir: Path, smoke: bool, rows: dict[str, ExpectedRow]) -> bool:
     """Render the table for ``names`` into results/REPORT[.smoke].md and print it; returns all_ok."""
     results = load_results(results_dir, names, smoke=smoke)
@@ -272,6 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default=None)
     p.add_argument("--logger", default="csv", choices=["csv", "tensorboard", "wandb"])
     p.add_argument("--smoke", action="store_true", help="tiny stand-ins on CPU (checks the chain only)")
+    p.add_argument("--offline", action="store_true", help="never fetch data (also when HF_HUB_OFFLINE=1)")
     p.add_argument("--report-only", action="store_true", help="only render the report from results/")
     p.add_argument("--skip-preflight", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -300,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_dir:
         os.environ["HEINSEN_MODEL_DIR"] = str(args.model_dir)
     if not args.smoke and not args.skip_preflight:
+        fetch_missing(names, args.data_dir, offline=args.offline)
         gpus = args.devices or args.gpus
         reports = [preflight(rows[n], args.data_dir, gpus, args.model_dir, args.results_dir) for n in names]
         for r in reports:
