@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"ok: {args.directory} ({cfg['architecture']}, head {cfg['head']}, sha256 {cfg['weights_sha256']})"
             )
             return 0
-    except (ZooError, FileNotFoundError, ValueError, TypeError, KeyError) as err:
+    except (ZooError, OSError, ValueError, TypeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     config = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
