@@ -342,9 +342,11 @@ def test_fuzzed_checkpoints_raise_only_zoo_errors(tmp_path):
     from heinsen_zoo.zoo import convert
 
     rng = random.Random(14)
+    torch.manual_seed(14)
     state = RoutingHead(3, 16, 4, n_hid=8).state_dict()
     hp = {"backbone": SPEC, "n_classes": 4, "d_depth": 3, "d_emb": 16, "n_hid": 8}
     torch.save(state, tmp_path / "head.pt")
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # the 2019 files' format
     torch.save({"state_dict": {"model.head." + k: v for k, v in state.items()}, "hyper_parameters": hp,
                 "epoch": 1, "global_step": 3}, tmp_path / "run.ckpt")  # fmt: skip
     export = write_export(state, head_config(), tmp_path / "export")
@@ -354,11 +356,12 @@ def test_fuzzed_checkpoints_raise_only_zoo_errors(tmp_path):
 
     loaders = {
         "head.pt": convert_it,
+        "legacy.pt": convert_it,
         "run.ckpt": convert.read_lightning_checkpoint,
         "model.safetensors": convert_it,
     }
-    sources = {"head.pt": tmp_path / "head.pt", "run.ckpt": tmp_path / "run.ckpt",
-               "model.safetensors": export / "model.safetensors"}  # fmt: skip
+    sources = {"head.pt": tmp_path / "head.pt", "legacy.pt": tmp_path / "legacy.pt",
+               "run.ckpt": tmp_path / "run.ckpt", "model.safetensors": export / "model.safetensors"}  # fmt: skip
     escaped, cases = [], 0
     for name, load in loaders.items():
         data = sources[name].read_bytes()
@@ -376,7 +379,7 @@ def test_fuzzed_checkpoints_raise_only_zoo_errors(tmp_path):
             except Exception as err:  # noqa: BLE001 - what the test looks for
                 escaped.append(f"{path.name}: {type(err).__name__}: {str(err)[:120]}")
             path.unlink()
-    assert cases == 450
+    assert cases == 600
     assert escaped == []
 
 
@@ -387,5 +390,7 @@ def test_published_2019_loader_refuses_integer_weights(tmp_path):
     torch.save({**sd, "routings.1.B": (sd["routings.1.B"] * 10).long()}, tmp_path / "int.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # int.pt is not listed in a SHA256SUMS
-        with pytest.raises(ValueError, match=r"dtype mismatches routings.1.B: checkpoint torch.int64 vs model"):
+        with pytest.raises(
+            ValueError, match=r"dtype mismatches routings.1.B: checkpoint torch.int64 vs model"
+        ):
             load_published(tmp_path / "int.pt")
