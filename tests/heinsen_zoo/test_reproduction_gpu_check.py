@@ -19,6 +19,7 @@ def test_without_cuda_it_says_so_and_exits_nonzero(monkeypatch, capsys):
     assert err.startswith("error: gpu-check needs a CUDA GPU") and "torch.cuda.is_available() is False" in err
 
 
+@pytest.mark.slow  # a make + python process: ~15 s; the in-process test above covers the logic
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 def test_make_gpu_check_fails_clearly_on_this_cpu_machine():
     from heinsen_zoo.reproduction.expected import repo_root
