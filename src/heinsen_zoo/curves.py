@@ -196,15 +196,15 @@ def plot_learning_curves(
     axes[-1].set_xlabel("optimizer step")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-
-    out = save_png(fig, out_png)
-    plt.close(fig)
-    return out
+    return save_png(fig, out_png)
 
 
 def save_png(fig: Any, out_png: str | os.PathLike, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as PNG atomically (a temporary file in the same folder, then renamed)."""
+    """Lay out a matplotlib figure, write it as PNG atomically (a temporary file in the same folder, then
+    renamed) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
@@ -215,4 +215,6 @@ def save_png(fig: Any, out_png: str | os.PathLike, dpi: int = 110) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        plt.close(fig)
     return out

