@@ -394,3 +394,11 @@ def test_published_2019_loader_refuses_integer_weights(tmp_path):
             ValueError, match=r"dtype mismatches routings.1.B: checkpoint torch.int64 vs model"
         ):
             load_published(tmp_path / "int.pt")
+
+
+def test_file_spec_allow_list_covers_every_backbone_option():
+    """A new backbone option must be added to the file allow-list (with its type) or exports using it break."""
+    from heinsen_zoo.backbones import _KEYS
+    from heinsen_zoo.backbones._resolve import FILE_SPEC_KEYS
+
+    assert set(FILE_SPEC_KEYS) == set().union(*_KEYS.values())

@@ -52,6 +52,7 @@ class MissingModelError(FileNotFoundError):
 FILE_SPEC_KEYS: dict[str, tuple[type, ...]] = {
     "source": (str,), "id": (str,), "revision": (str, type(None)), "kind": (str,),
     "local_path": (str, type(None)), "local_files_only": (bool,), "autocast": (bool,),
+    "autocast_dtype": (str, type(None)),
     "output_dtype": (str, type(None)), "model_kwargs": (dict, type(None)), "pretrained": (bool,),
     "hf_hub_id": (str, type(None)), "dtype": (str, type(None)), "max_length": (int, type(None)),
     "max_chunks": (int, type(None)), "pad_mode": (str,), "chunk_batch_size": (int, type(None)),
