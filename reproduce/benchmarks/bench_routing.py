@@ -25,7 +25,8 @@ one subprocess per (case, precision) runs all implementations (peaks reset betwe
 
 Usage:
     python reproduce/benchmarks/bench_routing.py --quick                 # CPU, < 1 min
-    python reproduce/benchmarks/bench_routing.py --sizes cpu             # the README's CPU table (~6 GB RAM)
+    python reproduce/benchmarks/bench_routing.py --sizes cpu             # the README's CPU table (~5 GB RAM)
+    python reproduce/benchmarks/bench_routing.py --sizes cpu-1m          # 1M inputs (~14 GB free RAM)
     python reproduce/benchmarks/bench_routing.py --device cuda --sizes gpu --precisions fp32,bf16
 """
 
@@ -56,12 +57,14 @@ CASES: dict[str, tuple[int, int, int, int, int, bool, str]] = {
     "paper-head": (8, 4925, 1024, 64, 1024, True, "paper head's first routing, batch 8"),
     "paper-head-64": (64, 4925, 1024, 64, 1024, True, "paper head's first routing, batch 64"),
     "100k": (1, 100_000, 1024, 100, 1024, False, "README-like"),
+    "300k": (1, 300_000, 1024, 100, 1024, False, "README-like, fits ~4 GB for the original"),
     "1M": (1, 1_000_000, 1024, 100, 1024, False, "README-like"),
     "4M": (1, 4_000_000, 1024, 100, 1024, False, "README-like, large"),
 }
 SIZES = {
     "quick": ["tiny", "10k"],
-    "cpu": ["paper-head", "100k", "1M"],
+    "cpu": ["paper-head", "100k", "300k"],  # the original needs ~4 GB of RAM at 300k
+    "cpu-1m": ["1M"],  # the original needs ~12 GB of RAM (x, its scaled copy, ~12 [1M, 100] tensors)
     "gpu": ["paper-head", "paper-head-64", "100k", "1M", "4M"],
 }
 PRECISIONS = ("fp32", "bf16")  # bf16 = float32 parameters and inputs under torch.autocast(bfloat16)
@@ -234,6 +237,10 @@ def print_table(
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     by = {(r["case"], r["precision"], r["impl"]): r for r in results}
+
+    def gbs(r: dict) -> str:  # bytes of x per second: a bandwidth figure only meaningful on GPUs
+        return f"{r['bytes_per_s'] / 1e9:.0f}" if cuda else "–"
+
     for case in cases:
         batch, n, d, m, h, x_grad, _ = CASES[case]
         shape = f"{batch} × {n:,} × {d} → {m} × {h}".replace(",", " ")
@@ -248,7 +255,7 @@ def print_table(
                 print(
                     f"| {shape} | {'yes' if x_grad else 'no'} | {precision} | {impl} "
                     f"| {r['best_s']:.4f} ({r['median_s']:.4f}) | {_gib(r['act_bytes'])} "
-                    f"| {r['flops_per_s'] / scale:.1f} | {r['bytes_per_s'] / 1e9:.0f} | {t_ratio} | {m_ratio} |"
+                    f"| {r['flops_per_s'] / scale:.1f} | {gbs(r)} | {t_ratio} | {m_ratio} |"
                 )
     print(
         f"\nratios: ours (or the compiled original) / the eager original, same run; time = best of the timed "
@@ -262,8 +269,8 @@ def main() -> None:
         "--sizes",
         choices=sorted(SIZES),
         default=None,
-        help="case set: quick (tiny, 10k), cpu (paper-head, 100k, 1M), gpu (+ paper-head-64, 4M); "
-        "default cpu, or gpu with --device cuda",
+        help="case set: quick (tiny, 10k), cpu (paper-head, 100k, 300k), cpu-1m (1M), "
+        "gpu (paper-head, paper-head-64, 100k, 1M, 4M); default cpu, or gpu with --device cuda",
     )
     parser.add_argument(
         "--cases", default=None, help=f"comma-separated case names instead of --sizes: {', '.join(CASES)}"
