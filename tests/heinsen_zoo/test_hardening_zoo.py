@@ -189,14 +189,10 @@ _KILL_DRIVER = r"""
 import hashlib, json, os, random, signal, sys, time
 import torch
 torch.set_num_threads(1)
-from heinsen_zoo.heads import RoutingHead
 from heinsen_zoo.zoo.hub import write_export
 target, n_kills = sys.argv[1], int(sys.argv[2])
 config = json.loads(sys.argv[3])
-states = []
-for seed in (0, 1):
-    torch.manual_seed(seed)
-    states.append(RoutingHead(3, 256, 4, n_hid=64).state_dict())   # ~5 MB of weights
+states = [torch.load(path, weights_only=True) for path in sys.argv[4:6]]   # ~5 MB of weights each
 digests = {json.loads((write_export(s, config, target + f".ref{i}") / "config.json").read_text())
            ["sha256"]["model.safetensors"] for i, s in enumerate(states)}
 write_export(states[0], config, target)
@@ -226,9 +222,13 @@ print(json.dumps({"broken": broken, "leftovers": sorted(n for n in os.listdir(pa
 
 def test_kill_during_export_leaves_old_or_new_and_no_temporaries(tmp_path):
     config = head_config(d_emb=256, n_hid=64)
-    config["backbone"] = dict(SPEC)
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        torch.save(RoutingHead(3, 256, 4, n_hid=64).state_dict(), tmp_path / f"state{seed}.pt")
+        states.append(str(tmp_path / f"state{seed}.pt"))
     result = subprocess.run(
-        [sys.executable, "-c", _KILL_DRIVER, str(tmp_path / "export"), "8", json.dumps(config)],
+        [sys.executable, "-c", _KILL_DRIVER, str(tmp_path / "export"), "8", json.dumps(config), *states],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
