@@ -9,8 +9,10 @@ backbone's hidden states (the backbone itself exports with its own tools, e.g. `
   ``[batch, n_classes]``.
 * ``batch`` and ``n_pos`` are dynamic axes: the first routing has ``n_inp=-1`` (any number of input
   vectors), the later ones have fixed sizes, so only those two axes may vary.
-* The routings run on their plain PyTorch path (``memory_efficient=False``: the fused autograd
-  Function of the default path is not traceable); both paths compute the same function.
+* The routings run on their plain PyTorch path: while torch.export traces, ``is_compiling()`` is True and
+  :class:`~heinsen_routing.EfficientVectorRouting` skips its fused autograd Function (eager only), keeping
+  ``memory_efficient=True`` — the votes ``[n, n_out, d_out]`` are never materialised (with
+  ``memory_efficient=False`` a 512-token RoBERTa input would need > 3 GB for them).
 * Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export → ONNX via onnxscript), **opset 18**
   by default (:data:`DEFAULT_OPSET`; LayerNormalization needs >= 17).
 * Check: onnxruntime (CPU) runs two fresh input shapes (different batch and n_pos, with padding when the
@@ -171,9 +173,7 @@ def export_onnx(
         raise ValueError(f"opset: expected an int >= 17 (LayerNormalization), got {opset!r}")
     masked = padding == "mask"
     head = copy.deepcopy(head).float().cpu().eval()  # the reference; the caller's module is left as it was
-    plain = copy.deepcopy(head)
-    for routing in plain.route:
-        routing.memory_efficient = False  # plain PyTorch ops (the fused Function does not trace)
+    plain = copy.deepcopy(head)  # traced: plain path, memory-efficient (see the module docstring)
     names = ("hidden", "padding_mask") if masked else ("hidden",)
     batch, n_pos = torch.export.Dim("batch"), torch.export.Dim("n_pos")
     dynamic = {"hidden": {0: batch, 1: n_pos}}

@@ -35,6 +35,13 @@ def test_card_of_a_registry_entry_has_both_metrics():
     values = {r.metric_name: r.metric_value for r in results}
     assert values["test/acc (this export, measured)"] == pytest.approx(99.12)
     assert values["top-1 (published, ±0.5 tolerance)"] == 99.2
+    # The Hub groups results by task and dataset with one source per group: the paper is named as the source
+    # only where no measurement of ours shares the group (never credited with our number).
+    assert all(r.source_name is None for r in results)
+    del config["metrics"]
+    (published,) = ModelCard(card.build_model_card(config)).data.eval_results
+    assert published.source_name == "Heinsen, F. A. (2022)"
+    assert published.source_url == "https://arxiv.org/abs/2211.11754"
     assert all(r.dataset_split == "test" and r.task_type == "image-classification" for r in results)
     assert 'from_pretrained("hf-hub:someone/beit-cifar10")' in text
     assert "airplane, automobile" in text  # labels

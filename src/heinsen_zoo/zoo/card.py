@@ -117,7 +117,7 @@ def card_metadata(
                 metric_type="accuracy",
                 metric_value=float(expected["value"]),
                 metric_name=f"top-1 (published, ±{expected.get('tolerance')} tolerance)",
-                source_name=(config.get("paper") or "the paper").split(". ")[0],
+                source_name=_paper_short(config.get("paper")),
                 source_url=_arxiv_url(config.get("paper")),
             )
         )
@@ -137,6 +137,12 @@ def card_metadata(
         model_name=name,
         eval_results=results or None,
     )
+
+
+def _paper_short(paper: str | None) -> str:
+    """``Heinsen, F. A. (2022)`` from a full reference (authors and year), else the text itself."""
+    match = re.match(r"^(.*?\(\d{4}\))", paper or "")
+    return match.group(1) if match else (paper or "the paper")
 
 
 def _arxiv_url(paper: str | None) -> str | None:
