@@ -4,7 +4,10 @@
 * :mod:`~heinsen_zoo.zoo.hub` — ``save_pretrained`` / ``from_pretrained`` (``config.json`` + ``model.safetensors``);
 * :mod:`~heinsen_zoo.zoo.checksums` — streaming SHA-256, ``verify``, the trust-on-first-use lock;
 * :mod:`~heinsen_zoo.zoo.convert` — ``safe_torch_load``, original state dicts and Lightning checkpoints → exports;
-* :mod:`~heinsen_zoo.zoo.entries` — the built-in entries; :mod:`~heinsen_zoo.zoo.errors` — the error types.
+* :mod:`~heinsen_zoo.zoo.entries` — the built-in entries; :mod:`~heinsen_zoo.zoo.errors` — the error types;
+* :mod:`~heinsen_zoo.zoo.download` — verified downloads (git blob id) into the cache, converted to exports;
+* :mod:`~heinsen_zoo.zoo.card` — model cards (``README.md`` with Hugging Face front matter);
+* :mod:`~heinsen_zoo.zoo.publish` — ``push_to_hub`` (``heinsen-zoo push``).
 
 Example:
     >>> from heinsen_zoo.zoo import list_models
@@ -19,12 +22,16 @@ from typing import Any
 
 # Names are resolved lazily (``python -m heinsen_zoo.zoo.convert`` must not find convert pre-imported).
 _EXPORTS = {
+    "build_model_card": "card",
+    "write_model_card": "card",
     "ChecksumMismatchError": "checksums",
     "sha256_file": "checksums",
     "verify": "checksums",
     "convert_original_state_dict": "convert",
     "export_lightning_checkpoint": "convert",
     "safe_torch_load": "convert",
+    "BlobMismatchError": "download",
+    "fetch_published": "download",
     "ClassCountMismatchError": "errors",
     "IncompatibleConfigError": "errors",
     "OfflineError": "errors",
@@ -35,6 +42,7 @@ _EXPORTS = {
     "ZooError": "errors",
     "from_pretrained": "hub",
     "save_pretrained": "hub",
+    "push_to_hub": "publish",
     "ExpectedMetric": "registry",
     "ModelEntry": "registry",
     "Preprocessing": "registry",
@@ -47,6 +55,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BlobMismatchError",
     "ChecksumMismatchError",
     "ClassCountMismatchError",
     "ExpectedMetric",
@@ -60,18 +69,22 @@ __all__ = [
     "WeightSource",
     "WeightsNotFoundError",
     "ZooError",
+    "build_model_card",
     "convert_original_state_dict",
     "create_model",
     "export_lightning_checkpoint",
+    "fetch_published",
     "from_pretrained",
     "get_entry",
     "list_models",
+    "push_to_hub",
     "register_model",
     "resolve_weights",
     "safe_torch_load",
     "save_pretrained",
     "sha256_file",
     "verify",
+    "write_model_card",
 ]
 
 
