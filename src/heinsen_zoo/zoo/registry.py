@@ -13,7 +13,9 @@ Weight locations (:class:`WeightSource.location`), tried in order, the first one
 * ``shared:relative/path`` — relative to the team's shared folder (``$HEINSEN_SHARED``, else ``<repo>/../shared``);
 * ``hf-hub:owner/repo`` — a Hugging Face hub repository (``filename`` inside it, or an export directory),
   kept in the Hugging Face cache;
-* ``https://…`` — a URL, downloaded once into the cache;
+* ``https://…`` — a URL, downloaded once into the cache (:mod:`heinsen_zoo.zoo.download`); with ``git_blob``
+  (files published in a git repository) the download is verified against that blob id and converted to an
+  export directory; a local file source with ``git_blob`` is checked against it too;
 * anything else — a file system path.
 
 A location is an export directory (``config.json`` + ``model.safetensors``) or a single weight file
