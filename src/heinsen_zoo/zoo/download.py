@@ -4,7 +4,7 @@ The 2022 heads are published in a git repository (SPEC §5); git names every fil
 SHA-1 of ``b"blob <size>\\0" + content``, so a downloaded file can be checked against the id the
 repository publishes. :func:`fetch_published` does the whole chain once per file:
 
-1. download ``url`` into ``<cache>/downloads/<entry>/<file>.part`` (a tqdm progress bar on stderr,
+1. download ``url`` into ``<cache>/downloads/<entry>/<file>.<pid>.part`` (a tqdm progress bar on stderr,
    a size cap checked against ``Content-Length`` and while streaming), then
 2. verify the git blob id (a mismatch deletes the file and raises :class:`BlobMismatchError`), rename
    the ``.part`` file into place (atomic: a cache file is always complete and verified), and
@@ -130,7 +130,7 @@ def _stream(url: str, part: Path, max_bytes: int, progress: bool, timeout: float
                 f"{url}: Content-Length {total} bytes exceeds the limit of {max_bytes} bytes; refusing to download"
             )
         written = 0
-        with part.open("wb") as handle, _progress(total, part.name[: -len(".part")], progress) as bar:
+        with part.open("wb") as handle, _progress(total, part.name.rsplit(".", 2)[0], progress) as bar:
             for block in iter(lambda: response.read(1 << 20), b""):
                 written += len(block)
                 if written > max_bytes:
@@ -164,7 +164,7 @@ def download_verified(
     target = Path(target)
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")  # one per process: concurrent downloads
         try:
             _stream(url, part, max_bytes, progress, timeout)
             if expected is not None:
@@ -237,6 +237,8 @@ def fetch_published(
         from heinsen_zoo.zoo.card import write_model_card
 
         write_model_card(staging)  # again: the card names the URL and blob id now
+        if (export / "model.safetensors").is_file():  # another process finished first: keep its export
+            return export
         if export.exists():  # an incomplete earlier attempt
             shutil.rmtree(export)
         os.replace(staging, export)
