@@ -29,3 +29,19 @@ def _one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _fused_path_at_test_sizes(request, monkeypatch):
+    """The layers dispatch tiny inputs to the plain path (EfficientVectorRouting._fused_pays); the tests use
+    tiny inputs to check the default fused path, so they lower the threshold to 0 (tests marked
+    ``default_dispatch`` keep it)."""
+    if request.node.get_closest_marker("default_dispatch"):
+        return
+    from heinsen_routing import efficient
+
+    monkeypatch.setattr(efficient, "FUSED_MIN_WORK", 0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "default_dispatch: keep the layers' fused/plain size threshold")

@@ -441,3 +441,26 @@ def test_empty_batch_through_the_zoo_routing_head() -> None:
     assert logits.shape == (0, 5)
     logits.sum().backward()
     assert hidden.grad.shape == hidden.shape
+
+
+@pytest.mark.default_dispatch
+def test_tiny_inputs_take_the_plain_path_and_large_ones_the_fused(monkeypatch) -> None:
+    """Below FUSED_MIN_WORK multiply-adds per product the fused Function's fixed cost is not worth it."""
+    from heinsen_routing import efficient
+
+    calls = []
+    fused = efficient.fused_em_routing
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(efficient, "fused_em_routing", counting)
+    route = EfficientVectorRouting(-1, 4, 8, 6)
+    tiny = torch.randn(2, 10, 8)
+    assert 2 * 10 * 8 * 4 < efficient.FUSED_MIN_WORK
+    plain = route(tiny)
+    assert calls == []
+    monkeypatch.setattr(efficient, "FUSED_MIN_WORK", tiny.numel() * 4)
+    torch.testing.assert_close(route(tiny), plain, rtol=1e-5, atol=1e-6)
+    assert calls == [tiny.shape]
