@@ -54,3 +54,22 @@ def test_results_file_round_trips_curves_field(tmp_path):
     record = ResultRecord(row="imdb", value=96.0, wall_s=3.0, gpus=1, curves_png="curves/imdb.png")
     path = write_result(record, tmp_path)
     assert ResultRecord.from_json(path).curves_png == "curves/imdb.png"
+
+
+def test_tested_head_is_exported_with_its_test_metrics(tmp_path):
+    import json
+
+    import torch
+
+    from heinsen_zoo.reproduction.runner import _export_tested_head
+    from heinsen_zoo.tasks import RoutingClassificationTask
+
+    spec = {"source": "hf", "id": "roberta-large", "revision": "5069d8a", "kind": "text"}
+    task = RoutingClassificationTask(spec, n_classes=2, d_depth=3, d_emb=16, n_hid=4, mixup_alpha=None)
+    trainer = type("Trainer", (), {"loggers": [], "datamodule": None})()
+    metrics = {"test/acc": torch.tensor(0.75), "test/loss": 0.5, "other": 1.0}
+    out = _export_tested_head(task, trainer, tmp_path / "run", metrics)
+    config = json.loads((out / "config.json").read_text())
+    assert config["metrics"] == {"test/acc": 0.75, "test/loss": 0.5}
+    assert "75.0" in (out / "README.md").read_text()  # the card shows the measured accuracy in percent
+    assert _export_tested_head(object(), trainer, tmp_path / "other", metrics) is None

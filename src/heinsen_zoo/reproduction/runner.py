@@ -199,8 +199,26 @@ def run_row(
     )
     if trainer.is_global_zero:
         record.curves_png = _plot_curves(trainer, results_dir, row.name, smoke)
+        _export_tested_head(cli.model, trainer, root, tested[0])
         write_result(record, results_dir)
     return record
+
+
+def _export_tested_head(task: Any, trainer: Any, root: Path, metrics: dict) -> Path | None:
+    """The tested head as an export (``<root>/export``: config with the test metrics, model card), and with
+    ``--logger wandb`` as a W&B model artifact; None for tasks without an export (the 2019 capsule tasks)."""
+    if not callable(getattr(task, "export", None)):
+        return None
+    from heinsen_zoo.wandb_artifact import log_to_wandb_loggers
+
+    scalars = {k: float(v) for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+    preprocessing = task.hparams.get("preprocessing")
+    if preprocessing is None:  # as ExportPretrainedHead: the datamodule's, when the task records none
+        preprocessing = getattr(trainer.datamodule, "preprocessing", None)
+        preprocessing = preprocessing() if callable(preprocessing) else preprocessing
+    export = task.export(root / "export", metrics=scalars, preprocessing=preprocessing)
+    log_to_wandb_loggers(trainer, export)
+    return export
 
 
 def _plot_curves(trainer: Any, results_dir: Path, name: str, smoke: bool) -> str:
