@@ -405,9 +405,14 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
 # ------------------------------------------------------------------------------------------ edge cases
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("n_inp", [-1, 10])
-def test_empty_batch_gives_empty_output_and_gradients(n_inp: int) -> None:
-    """[0, n, d] routes nothing: an empty [0, n_out, d_out] output, and backward gives empty/zero gradients."""
+def test_empty_batch_gives_empty_output_and_gradients(n_inp: int, fused: bool, monkeypatch) -> None:
+    """[0, n, d] routes nothing: an empty [0, n_out, d_out] output, and backward gives empty/zero gradients
+    (fused path and plain path, which the default takes for an empty batch)."""
+    from heinsen_routing import efficient
+
+    monkeypatch.setattr(efficient, "FUSED_MIN_WORK", 0 if fused else 1)
     route = EfficientVectorRouting(n_inp, 4, 8, 6)
     x = torch.randn(0, 10, 8, requires_grad=True)
     out = route(x)
