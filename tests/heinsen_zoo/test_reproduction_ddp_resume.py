@@ -230,3 +230,11 @@ def test_every_row_runs_in_bf16_mixed(tmp_path, row):
     assert record["precision"] == "bf16-mixed"
     assert record["n_test_examples"] == record["test_split_size"]
     assert 0.0 <= record["value"] <= 100.0
+
+
+def test_a_batch_the_processes_do_not_divide_is_a_clear_error_before_launch(tmp_path):
+    """IMDB's paper batch is 5: 2 processes cannot share it; the runner says so before starting them."""
+    with pytest.raises(
+        SystemExit, match=r"error: imdb: batch_size: the effective \(global\) batch 5 does not divide"
+    ):
+        runner_main(["--rows", "imdb", "--smoke", "--devices", "2", "--results-dir", str(tmp_path / "r")])

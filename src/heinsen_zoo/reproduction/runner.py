@@ -108,6 +108,18 @@ def _selection(cli: Any, select: str, root: Path):
     return "best val/acc on a validation split carved from train", callback
 
 
+def _check_global_batch(row: str, datamodule: Any, world_size: int) -> None:
+    """``error:`` before any process is launched when the paper's batch does not divide over the processes."""
+    from heinsen_zoo.data.sampling import per_device_batch
+
+    batch = getattr(datamodule, "batch_size", None)
+    if isinstance(batch, int) and world_size > 1:
+        try:
+            per_device_batch(batch, world_size)
+        except ValueError as error:
+            raise SystemExit(f"error: {row}: {error}") from None
+
+
 def _test_split_size(datamodule: Any) -> int | None:
     for getter in (lambda: datamodule.test_dataset, lambda: datamodule._get("test")):
         try:
@@ -157,6 +169,7 @@ def run_row(
     start = time.perf_counter()
     cli = build_experiment(row.experiment, overrides, **options)
     trainer = cli.trainer
+    _check_global_batch(row.name, cli.datamodule, trainer.world_size)
     label, selector = _selection(cli, select, root)
     probe = BatchProbe(root)
     trainer.callbacks += [probe] + ([selector] if selector is not None else [])
