@@ -265,3 +265,15 @@ def _baddbmm_as(bias: Tensor, a: Tensor, b: Tensor, dtype: torch.dtype) -> Tenso
     if a.dtype == dtype:
         return torch.baddbmm(bias, a, b.to(dtype))
     return bmm_as(a, b.to(a.dtype), dtype).add_(bias)
+
+
+def _betas(
+    linear: bool, beta_blocks: list[Tensor], k: int, bu: Tensor | None, bi: Tensor | None, bs: slice, is_: slice,
+    m: int, edt: torch.dtype,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(β_use + β_ign, β_ign) of block k in the element-wise dtype."""
+    if linear:
+        beta = beta_blocks[k]
+        return beta[..., :m].to(edt), beta[..., m : 2 * m].to(edt)
+    bib = _blk(bi, bs, is_)
+    return _blk(bu, bs, is_) + bib, bib
