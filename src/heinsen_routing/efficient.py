@@ -133,6 +133,11 @@ class EfficientVectorRouting(nn.Module):
             no influence on outputs or gradients, so a padded batch gives the outputs of routing each
             sequence unpadded on its own.
 
+    Edge cases: an empty batch ([0, n, d_inp]) gives an empty [0, n_out, d_out] output (backward works);
+    x must be on the parameters' device (ValueError naming x, the expected and the actual device); a layer
+    moved to the meta device computes meta outputs (shape inference). Under torch.autocast the n-sized
+    products run in the autocast dtype, the rest in float32 (see heinsen_routing._fused).
+
     Example:
         >>> import torch
         >>> route = EfficientVectorRouting(n_inp=5, n_out=3, d_inp=4, d_out=2)
