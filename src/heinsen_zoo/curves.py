@@ -211,6 +211,9 @@ def save_png(fig: Any, out_png: str | os.PathLike, dpi: int = 110) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=dpi)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the usual mode of a new file
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
@@ -34,6 +36,9 @@ def test_reads_and_plots_a_csvlogger_file(tmp_path):
     out = plot_learning_curves(path, tmp_path / "sub" / "curves.png", title="t")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # a new file's usual mode, not mkstemp's 0600
 
 
 def test_accepts_a_dataframe_and_works_without_lr(tmp_path):
