@@ -14,8 +14,8 @@ Steps (each timed):
    to ``<out>/export`` for ``heinsen-zoo infer routing_minilm_l6.bbc_news_demo "some text"``.
 
 The split (``configs/data/bbc_cached.yaml``) is seeded and stratified: train / validation / test. The
-experiment's epochs and token budget were chosen on validation; the head reported is the final one (after
-the last epoch; checkpoints are kept for resuming, none is selected).
+experiment's epochs and token budget come from an earlier validation study (README: on another split); the
+head reported is the final one (after the last epoch; checkpoints are kept for resuming, none is selected).
 
 Usage: ``python -m heinsen_zoo.demo [--out runs/demo] [--max-epochs N] [--max-length T] [--max-per-class K]``.
 """
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + results_table(rows))
     budget = f"Epochs ({trainer.current_epoch}) and token budget ({spec.get('max_length')})"
     chosen = (
-        "were set on the command line" if args.max_epochs or args.max_length else "were chosen on validation"
+        "were set on the command line" if args.max_epochs or args.max_length else "are the config's (README)"
     )
     print(
         f"\nTest: {sizes['test']} held-out articles, scored once; nothing was chosen on them. Train "
