@@ -29,12 +29,15 @@ Example:
 
 from __future__ import annotations
 
-from heinsen_zoo.zoo.registry import (
+from heinsen_zoo.labels import (
+    BBC_LABELS,
     BINARY_SENTIMENT_LABELS,
     CIFAR10_LABELS,
     CIFAR100_LABELS,
     SMALLNORB_LABELS,
     SST5_LABELS,
+)
+from heinsen_zoo.zoo.registry import (
     ExpectedMetric,
     ModelEntry,
     Preprocessing,
@@ -341,7 +344,7 @@ def _entry_demo() -> ModelEntry:
         head={"d_depth": 7, "d_emb": 384, "n_classes": 5, "n_hid": 64},
         backbone=dict(MINILM_L6),
         preprocessing=Preprocessing(max_length=256, chunking="truncate", max_chunks=1, pad_mode="mask"),
-        labels=("business", "entertainment", "politics", "sports", "tech"),
+        labels=BBC_LABELS,
         padding="mask",
         weights=(
             WeightSource(

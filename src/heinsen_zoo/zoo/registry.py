@@ -50,6 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from heinsen_zoo.backbones._resolve import is_offline as hub_offline
+from heinsen_zoo.labels import (  # noqa: F401  (re-exported: older imports from here keep working)
+    BINARY_SENTIMENT_LABELS,
+    CIFAR10_LABELS,
+    CIFAR100_LABELS,
+    SMALLNORB_LABELS,
+    SST5_LABELS,
+    named_labels,
+)
 from heinsen_zoo.zoo import checksums
 from heinsen_zoo.zoo.errors import (
     ClassCountMismatchError,
@@ -527,56 +535,6 @@ def _integrity_text(source: WeightSource, lock: Path) -> str:
             "with the upstream file yourself"
         )
     return "sha256: produced locally; verified against the digest its config.json records"
-
-
-# --------------------------------------------------------------------------------------------- labels
-
-CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR100_LABELS = tuple(
-    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
-    can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
-    dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
-    lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree
-    pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea
-    seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table
-    tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman
-    worm""".split()
-)
-SST5_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
-BINARY_SENTIMENT_LABELS = ("negative", "positive")
-SMALLNORB_LABELS = ("animal", "human", "airplane", "truck", "car")
-
-
-def _imagenet_labels() -> list[str]:
-    """ImageNet-1k class descriptions ("tench, Tinca tinca", …) in class-index order, from the data files
-    bundled with timm (read directly: importing timm takes seconds)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("timm")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("labels 'imagenet-1k': the names ship with timm; install it (pip install timm)")
-    info = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
-    try:
-        synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").split()
-        lemmas = dict(
-            line.split("\t", 1)
-            for line in (info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines()
-        )
-        return [lemmas[s].strip() for s in synsets]
-    except (OSError, KeyError, ValueError):  # layout changed: use timm's API
-        from timm.data import ImageNetInfo
-
-        return list(ImageNetInfo().label_descriptions(as_dict=False))
-
-
-def named_labels(name: str) -> list[str]:
-    """Resolve a named label set; ``"imagenet-1k"`` comes from timm's bundled ImageNet class info."""
-    if name == "imagenet-1k":
-        return _imagenet_labels()
-    sets = {"cifar10": CIFAR10_LABELS, "cifar100": CIFAR100_LABELS, "sst5": SST5_LABELS}
-    if name in sets:
-        return list(sets[name])
-    raise KeyError(f"labels: unknown named label set {name!r}; known: imagenet-1k, {', '.join(sets)}")
 
 
 # --------------------------------------------------------------------------------------------- the registry
