@@ -9,10 +9,14 @@ head's device when used.
 Batches are dicts: raw vision ``{"image": [B, 3, H, W], ...}``, raw text ``{"text": list[str], ...}`` or
 cached hidden states ``{"hidden": [B, n_pos, d_depth, d_emb], "padding_mask": [B, n_pos] (optional), ...}``.
 
+The data path has two steps, and this module is the one place that applies the padding policy:
+:meth:`RoutingClassifier.encode` maps a batch to ``(hidden, padding_mask)`` as the head must see them and
+:meth:`RoutingClassifier.classify` maps those to logits (``forward = classify ∘ encode``). The training task
+(mixup sits between the two steps), the hidden-state cache and :mod:`heinsen_zoo.inference` call them.
 ``padding="mask"`` gives the padding mask to the head (padded positions are removed); ``padding="none"``
 routes every position, the paper's setup (its text backbones pad with hidden states of empty chunks).
 For text backbones without a ``pad_mode`` in their spec, "mask" selects ``pad_mode="mask"`` and "none"
-selects ``pad_mode="empty_chunk"``.
+selects ``pad_mode="empty_chunk"`` (:func:`encoder_spec`, which the cache uses too).
 
 Example:
     >>> import torch
@@ -39,9 +43,40 @@ from torch import nn
 from .backbones import FrozenBackbone, build_backbone, check_backbone_spec
 from .heads import RoutingHead
 
-__all__ = ["RoutingClassifier", "PADDING_MODES"]
+__all__ = ["PADDING_MODES", "RoutingClassifier", "check_padding", "encoder_spec"]
 
+#: The padding policies (the one definition; the task, the zoo entries and the ONNX export check against it).
 PADDING_MODES = ("mask", "none")
+
+
+def check_padding(padding: Any, name: str = "padding") -> str:
+    """``padding`` if it is one of :data:`PADDING_MODES`, else a ValueError naming ``name``.
+
+    Example:
+        >>> check_padding("none")
+        'none'
+        >>> check_padding("pad")
+        Traceback (most recent call last):
+        ...
+        ValueError: padding: expected one of ('mask', 'none'), got 'pad'
+    """
+    if padding not in PADDING_MODES:
+        raise ValueError(f"{name}: expected one of {PADDING_MODES}, got {padding!r}")
+    return padding
+
+
+def encoder_spec(backbone: Mapping[str, Any], padding: str) -> dict[str, Any]:
+    """The backbone spec that is built for ``padding``: a text spec without ``pad_mode`` gets ``"mask"``
+    for ``padding="mask"`` and ``"empty_chunk"`` (the paper) for ``"none"``; other specs are unchanged.
+
+    Example:
+        >>> encoder_spec({"source": "hf", "id": "roberta-large", "kind": "text"}, "none")["pad_mode"]
+        'empty_chunk'
+    """
+    spec = dict(backbone)
+    if spec.get("kind") == "text" and "pad_mode" not in spec:
+        spec["pad_mode"] = "mask" if check_padding(padding) == "mask" else "empty_chunk"
+    return spec
 
 
 class _BackboneHolder:
@@ -91,9 +126,7 @@ class RoutingClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone_spec = check_backbone_spec(backbone)
-        if padding not in PADDING_MODES:
-            raise ValueError(f"padding: expected one of {PADDING_MODES}, got {padding!r}")
-        self.padding = padding
+        self.padding = check_padding(padding)
         if labels is not None:
             if isinstance(labels, str) or not all(isinstance(label, str) for label in labels):
                 raise TypeError(f"labels: expected a sequence of str, got {labels!r:.100}")
@@ -114,10 +147,7 @@ class RoutingClassifier(nn.Module):
 
     # -- backbone ------------------------------------------------------------------------------------------
     def _build_spec(self) -> dict[str, Any]:
-        spec = dict(self.backbone_spec)
-        if spec.get("kind") == "text" and "pad_mode" not in spec:
-            spec["pad_mode"] = "mask" if self.padding == "mask" else "empty_chunk"
-        return spec
+        return encoder_spec(self.backbone_spec, self.padding)
 
     @property
     def backbone(self) -> FrozenBackbone:
@@ -151,7 +181,8 @@ class RoutingClassifier(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------
     def hidden_states(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(hidden [B, n_pos, d_depth, d_emb], padding_mask [B, n_pos] or None)`` of a raw or cached batch.
+        """``(hidden [B, n_pos, d_depth, d_emb], padding_mask [B, n_pos] or None)`` of a raw or cached batch,
+        as the backbone gives them (before the padding policy; :meth:`encode` applies it).
 
         Cached hidden states are moved to the head's device (dtype unchanged); raw inputs go through the
         frozen backbone (built on first use).
@@ -162,11 +193,15 @@ class RoutingClassifier(nn.Module):
         if "hidden" in batch:
             hidden = batch["hidden"]
             if not isinstance(hidden, torch.Tensor):
-                raise TypeError(f"batch['hidden']: expected a tensor [B, n_pos, d_depth, d_emb], got {type(hidden).__name__}")
+                raise TypeError(
+                    f"batch['hidden']: expected a tensor [B, n_pos, d_depth, d_emb], got {type(hidden).__name__}"
+                )
             padding_mask = batch.get("padding_mask")
             if padding_mask is not None:
                 if not isinstance(padding_mask, torch.Tensor):
-                    raise TypeError(f"batch['padding_mask']: expected a bool tensor [B, n_pos], got {type(padding_mask).__name__}")
+                    raise TypeError(
+                        f"batch['padding_mask']: expected a bool tensor [B, n_pos], got {type(padding_mask).__name__}"
+                    )
                 padding_mask = padding_mask.to(device)
             return hidden.to(device), padding_mask
         key = "text" if self.backbone_spec.get("kind") == "text" else "image"
@@ -177,12 +212,23 @@ class RoutingClassifier(nn.Module):
             )
         return self.backbone(batch[key])
 
-    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Class logits ``[B, n_classes]`` of a raw or cached batch."""
+    def encode(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(hidden [B, n_pos, d_depth, d_emb], padding_mask [B, n_pos] or None)`` as the head sees them.
+
+        The padding policy is applied here, once: with ``padding="none"`` the mask is dropped, so the head
+        (and mixup, which runs between :meth:`encode` and :meth:`classify`) keeps every position.
+        """
         hidden, padding_mask = self.hidden_states(batch)
-        if self.padding == "none":
-            padding_mask = None
+        return hidden, (padding_mask if self.padding == "mask" else None)
+
+    def classify(self, hidden: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``[B, n_classes]`` of :meth:`encode`'s output (``hidden [B, n_pos, d_depth, d_emb]``,
+        ``padding_mask [B, n_pos]`` or None)."""
         return self.head(hidden, padding_mask)
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Class logits ``[B, n_classes]`` of a raw or cached batch (``classify(*encode(batch))``)."""
+        return self.classify(*self.encode(batch))
 
     @torch.no_grad()
     def predict_proba(self, batch: Mapping[str, Any]) -> torch.Tensor:

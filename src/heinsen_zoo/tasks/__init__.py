@@ -26,8 +26,16 @@ __all__ = [
 def __getattr__(name: str):
     # The Lightning task imports lightning and heinsen_zoo.model; load it on first use only, so the
     # mixup/loss helpers stay importable (and fast) on their own.
-    if name in ("RoutingClassificationTask", "ExportPretrainedHead", "read_head_state"):
-        from . import classification
+    if name == "RoutingClassificationTask":
+        from .classification import RoutingClassificationTask
 
-        return getattr(classification, name)
+        return RoutingClassificationTask
+    if name == "ExportPretrainedHead":
+        from .export_head import ExportPretrainedHead
+
+        return ExportPretrainedHead
+    if name == "read_head_state":
+        from .init_from import read_head_state
+
+        return read_head_state
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

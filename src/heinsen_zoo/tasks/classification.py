@@ -42,76 +42,24 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from heinsen_zoo.model import RoutingClassifier
+from heinsen_zoo.model import RoutingClassifier, check_padding
 
 from .counting import ExampleCounter
+from .export_head import ExportPretrainedHead
+from .init_from import HEAD_PREFIX, read_head_state
 from .losses import soft_target_cross_entropy
 from .mixup import HiddenStateMixup
 from .rng import RNG_STATE_KEY, restore_rng_states, rng_states
 
 __all__ = ["ExportPretrainedHead", "RoutingClassificationTask", "read_head_state"]
 
-HEAD_PREFIX = "model.head."
 LAST_ROUTING_PREFIX = "route.2."
 FREEZE_CHOICES = ("none", "all_but_last")
-PADDING_CHOICES = ("mask", "none")
 MIXUP_STATE_KEY = "heinsen_zoo_mixup_state"
 
 
 def _metric_name(k: int) -> str:
     return "acc" if k == 1 else f"acc_top{k}"
-
-
-def read_head_state(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """Read a trained head's state dict (unprefixed keys ``W``, ``B``, ``route.0...``) from ``source``.
-
-    ``source`` is a Lightning ``.ckpt`` of :class:`RoutingClassificationTask` (loaded with
-    ``weights_only=True``), a local export directory or a zoo name (both via
-    ``heinsen_zoo.zoo.hub.from_pretrained``). Returns ``(head_state, backbone_spec or None)``.
-
-    Example:
-        >>> read_head_state("no/such/file.ckpt")
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: init_from: checkpoint file not found: no/such/file.ckpt
-    """
-    if not isinstance(source, (str, Path)):
-        raise TypeError(
-            f"init_from: expected a zoo name, an export directory or a .ckpt path, got {type(source).__name__}"
-        )
-    path = Path(source)
-    if path.suffix == ".ckpt" or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"init_from: checkpoint file not found: {source}")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle errors come in many types; name the file and the rule
-            raise ValueError(
-                f"init_from: could not load {source} with torch.load(weights_only=True) "
-                f"(corrupt, or not a checkpoint of plain tensors): {error}"
-            ) from error
-        state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
-        if not isinstance(state, Mapping):
-            raise ValueError(f"init_from: {source} is not a Lightning checkpoint (no 'state_dict' entry)")
-        head = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
-        if not head:
-            raise ValueError(
-                f"init_from: {source} holds no '{HEAD_PREFIX}*' keys (not a RoutingClassificationTask "
-                f"checkpoint); its first keys are {sorted(state)[:5]}"
-            )
-        hparams = checkpoint.get("hyper_parameters") or {}
-        spec = hparams.get("backbone") if isinstance(hparams, Mapping) else None
-        return head, spec
-    from heinsen_zoo.zoo import hub  # lazy: the registry pulls in safetensors and the zoo index
-
-    model = hub.from_pretrained(str(source))
-    head_module = getattr(model, "head", None)
-    if not isinstance(model, RoutingClassifier) or not isinstance(head_module, nn.Module):
-        raise ValueError(
-            f"init_from: {source!r} is a {type(model).__name__}, not a routing-head classifier "
-            "(2019 capsule entries cannot initialise this task)"
-        )
-    return head_module.state_dict(), getattr(model, "backbone_spec", None)
 
 
 class RoutingClassificationTask(pl.LightningModule):
@@ -221,8 +169,7 @@ class RoutingClassificationTask(pl.LightningModule):
     ) -> None:
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
             raise ValueError(f"n_classes: expected an int >= 2, got {n_classes!r}")
-        if padding not in PADDING_CHOICES:
-            raise ValueError(f"padding: expected one of {PADDING_CHOICES}, got {padding!r}")
+        check_padding(padding)
         if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr: expected a finite float > 0, got {lr!r}")
         if not isinstance(pct_start, (int, float)) or not 0.0 < pct_start < 1.0:
@@ -341,24 +288,14 @@ class RoutingClassificationTask(pl.LightningModule):
             )
         return labels.long()
 
-    def _hidden(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Hidden states ``[batch, n_pos, d_depth, d_emb]`` and padding mask ``[batch, n_pos]`` (or None)."""
-        with torch.no_grad():
-            hidden, padding_mask = self.model.hidden_states(batch)
-        if self.hparams.padding == "none":
-            padding_mask = None  # the head sees every position, so mixup must keep them too
-        return hidden, padding_mask
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         labels = self._labels(batch, "training")
-        hidden, padding_mask = self._hidden(batch)  # [B, n_pos, d_depth, d_emb], [B, n_pos] or None
+        with torch.no_grad():  # the padding policy is the model's (encode); mixup keeps what the head sees
+            hidden, padding_mask = self.model.encode(batch)  # [B, n_pos, d_depth, d_emb], [B, n_pos] or None
         targets = F.one_hot(labels, self.hparams.n_classes).to(torch.float32)  # [B, n_classes]
         if self.mixup.enabled:
             hidden, padding_mask, targets = self.mixup(hidden, padding_mask, targets)
-        cached: dict[str, Any] = {"hidden": hidden}
-        if padding_mask is not None:
-            cached["padding_mask"] = padding_mask
-        logits = self.model(cached)  # [B, n_classes]
+        logits = self.model.classify(hidden, padding_mask)  # [B, n_classes]
         loss = soft_target_cross_entropy(logits, targets)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=labels.shape[0])
         return loss
@@ -478,45 +415,3 @@ class RoutingClassificationTask(pl.LightningModule):
         if preprocessing is not None:
             extra["preprocessing"] = dict(preprocessing)
         return Path(hub.save_pretrained(self.model, directory, extra_config=extra or None))
-
-
-class ExportPretrainedHead(pl.Callback):
-    """At the end of fit, export the trained head to ``export_dir`` (global rank zero only).
-
-    The final ``val/*`` and ``test/*`` metrics the trainer holds go into ``config.json["metrics"]``; the
-    preprocessing recorded is the task's ``preprocessing`` hyperparameter, else the datamodule's
-    ``preprocessing`` attribute (a dict, or a method returning one), else none. With a ``WandbLogger``
-    (``--logger wandb``) the export is also logged as a W&B ``model`` artifact (:mod:`heinsen_zoo.wandb_artifact`).
-
-    Example:
-        >>> ExportPretrainedHead("exports/cifar10").export_dir
-        PosixPath('exports/cifar10')
-    """
-
-    def __init__(self, export_dir: str | Path) -> None:
-        if not isinstance(export_dir, (str, Path)) or not str(export_dir):
-            raise ValueError(f"export_dir: expected a non-empty path, got {export_dir!r}")
-        self.export_dir = Path(export_dir)
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        if not isinstance(pl_module, RoutingClassificationTask):
-            raise TypeError(
-                f"ExportPretrainedHead: expected a RoutingClassificationTask, got {type(pl_module).__name__}"
-            )
-        metrics = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith(("val/", "test/")) and isinstance(v, torch.Tensor) and v.numel() == 1
-        }
-        preprocessing = pl_module.hparams.preprocessing
-        if preprocessing is None and trainer.datamodule is not None:
-            preprocessing = getattr(trainer.datamodule, "preprocessing", None)
-            preprocessing = preprocessing() if callable(preprocessing) else preprocessing
-        pl_module.export(self.export_dir, metrics, preprocessing)
-        rank_zero_info(f"ExportPretrainedHead: head exported to {self.export_dir}")
-        from heinsen_zoo.wandb_artifact import log_to_wandb_loggers
-
-        for artifact in log_to_wandb_loggers(trainer, self.export_dir):  # LOGGER=wandb: a versioned model artifact
-            rank_zero_info(f"ExportPretrainedHead: logged W&B model artifact {artifact.name}")
