@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .expected import ExpectedRow
+from .rows import Row as ExpectedRow
 
 
 @dataclass
