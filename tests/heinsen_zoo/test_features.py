@@ -222,14 +222,14 @@ def test_cached_datamodule_caches_once_and_serves_cached_batches(vit, tmp_path, 
     again = CachedHiddenStatesDataModule(_ToyDataModule(), VIT, storage="disk", cache_dir=str(tmp_path),
                                          progress=False, splits=("train", "val"))  # fmt: skip
     with monkeypatch.context() as patch:
-        patch.setattr("heinsen_zoo.features.build_backbone", lambda spec: pytest.fail("backbone rebuilt"))
+        patch.setattr("heinsen_zoo.features.datamodule.build_backbone", lambda spec: pytest.fail("backbone rebuilt"))
         again.setup("fit")
     assert torch.equal(next(iter(again.val_dataloader()))["hidden"], val["hidden"])
     memory = CachedHiddenStatesDataModule(_ToyDataModule(n_val=3), VIT, storage="memory", progress=False)
     memory.setup("fit")
     assert memory._backbone is None  # freed once the splits are in memory
     with monkeypatch.context() as patch:
-        patch.setattr("heinsen_zoo.features.build_backbone", lambda spec: pytest.fail("backbone rebuilt"))
+        patch.setattr("heinsen_zoo.features.datamodule.build_backbone", lambda spec: pytest.fail("backbone rebuilt"))
         memory.setup("test")  # test has val's ids: shares val's cache
     assert memory.cached["test"] is memory.cached["val"] and len(memory.cached["test"]) == 3
     with pytest.raises(ValueError, match="backbone_spec"):
