@@ -94,9 +94,11 @@ reproduce-text: $(STAMP) ## Reproduce IMDB, SST-5, then SST-2 from the SST-5 hea
 reproduce-2019: $(STAMP) ## Reproduce smallNORB, SST-5, SST-2 (2019 capsules) and report.
 	$(REPRO) --group 2019
 
-REPRO_ROWS := imagenet1k cifar10 cifar100 imdb sst5 sst2 smallnorb2019 sst5_2019 sst2_2019
-.PHONY: $(addprefix reproduce-,$(REPRO_ROWS))
-$(addprefix reproduce-,$(REPRO_ROWS)): reproduce-%: $(STAMP) ## One paper row (e.g. make reproduce-cifar10).
+# The rows are those of src/heinsen_zoo/configs/rows.yaml (+ $$HEINSEN_ROWS files): listed here for `make help`;
+# any reproduce-<row> goes to the runner, which names the known rows when <row> is not one.
+ROWS_FILE := src/heinsen_zoo/configs/rows.yaml
+REPRO_ROWS := $(shell sed -n 's/^  \([A-Za-z0-9_.-]*\):[[:space:]]*$$/\1/p' $(ROWS_FILE) $(subst :, ,$(HEINSEN_ROWS)) 2>/dev/null)
+reproduce-%: $(STAMP) ## One paper row (e.g. make reproduce-cifar10).
 	$(REPRO) --rows $*
 
 .PHONY: gpu-check

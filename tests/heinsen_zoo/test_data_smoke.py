@@ -21,11 +21,15 @@ def test_smoke_datamodule_yields_contract_batches(tmp_path, task):
     loader = dm.train_dataloader()
     assert len(loader) == 2
     batch = next(iter(loader))
-    key = "image" if task in ("imagenet", "cifar10", "cifar100") else "text"
-    assert set(batch) == {key, "label", "index"}
+    if task == "smallnorb":  # stereo pairs with their viewpoint metadata
+        assert set(batch) == {"image", "label", "index", "meta"} and batch["image"].shape[:2] == (4, 2)
+        key = "stereo"
+    else:
+        key = "image" if task in ("imagenet", "cifar10", "cifar100") else "text"
+        assert set(batch) == {key, "label", "index"}
     if key == "image":
         assert batch["image"].shape == (4, 3, 16, 16)
-    else:
+    elif key == "text":
         assert len(batch["text"]) == 4
     assert batch["label"].dtype == torch.long and int(batch["label"].max()) < dm.num_classes
     assert len(dm.val_dataset) > 0 and len(dm.test_dataset) > 0

@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .expected import ExpectedRow, load_expected, order_by_dependencies, rows_in_group
-from .preflight import DATA_CHECKS, preflight
+from .preflight import preflight
 from .provenance import BatchProbe, backbone_of, device_name, git_commit
 from .report import ResultRecord, load_results, render_report, write_result
+from .rows import Row, load_rows, order_by_dependencies, rows_in_group
 
 SELECT_CHOICES = ("final", "val")
 
@@ -49,7 +49,7 @@ def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
-def row_root(row: ExpectedRow, results_dir: Path, smoke: bool) -> Path:
+def row_root(row: Row, results_dir: Path, smoke: bool) -> Path:
     """The ``trainer.default_root_dir`` of a row's run (checkpoints in ``<root>/checkpoints``)."""
     return results_dir / "smoke" / row.name / "run" if smoke else results_dir / "runs" / row.name
 
@@ -130,7 +130,7 @@ def _test_split_size(datamodule: Any) -> int | None:
 
 
 def run_row(
-    row: ExpectedRow,
+    row: Row,
     *,
     data_dir: Path,
     results_dir: Path,
@@ -151,10 +151,10 @@ def run_row(
     if smoke:
         from .smoke import prepare_smoke
 
-        overrides = prepare_smoke(row.name, results_dir / "smoke" / row.name, results_dir)
+        overrides = prepare_smoke(row, results_dir / "smoke" / row.name, results_dir)
         overrides += device_overrides(True, devices)
     else:
-        sub = DATA_CHECKS.get(row.name, (row.name, []))[0]
+        sub = row.data_folder or row.name
         overrides = [
             "--data.init_args.data_dir",
             str(data_dir / sub),
@@ -281,7 +281,7 @@ def fetch_missing(names: list[str], data_dir: Path, offline: bool) -> None:
             print(f"data: {name}: {error}", file=sys.stderr, flush=True)
 
 
-def report(names: list[str], results_dir: Path, smoke: bool, rows: dict[str, ExpectedRow]) -> bool:
+def report(names: list[str], results_dir: Path, smoke: bool, rows: dict[str, Row]) -> bool:
     """Render the table for ``names`` into results/REPORT[.smoke].md and print it; returns all_ok."""
     results = load_results(results_dir, names, smoke=smoke)
     text, ok = render_report(rows, names, results)
@@ -335,13 +335,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rows = load_expected()
-    if args.group:
-        names = rows_in_group(args.group, rows)
-    elif args.rows:
-        names = order_by_dependencies(args.rows, rows)
-    else:
-        names = list(rows)
+    try:
+        rows = load_rows()
+        if args.group:
+            names = rows_in_group(args.group, rows)
+        elif args.rows:
+            names = order_by_dependencies(args.rows, rows)
+        else:
+            names = list(rows)
+    except (KeyError, ValueError, FileNotFoundError) as error:  # a user's row name or rows file
+        print(f"error: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
     if args.report_only:
         if not (args.group or args.rows):  # every row that has a result
             suffix = ".smoke.json" if args.smoke else ".json"

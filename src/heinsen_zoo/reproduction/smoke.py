@@ -1,5 +1,7 @@
 """Smoke stand-ins for every reproduction row: tiny random backbones + tiny data in the real formats.
 
+What each row swaps in is the row's own ``smoke:`` entry (``configs/rows.yaml``, :mod:`.rows`).
+
 :func:`prepare_smoke` writes them under a work folder and returns the LightningCLI arguments that swap them
 into the row's experiment (same task class, same DataModule class, same code path), on CPU, in seconds.
 The training batch stays the experiment's (the paper's effective batch), so a smoke run under DDP
@@ -19,15 +21,7 @@ from typing import Any
 
 import yaml
 
-# row -> (smoke data task of heinsen_zoo.data.smoke, tiny backbone kind)
-SMOKE_PLAN: dict[str, tuple[str, str]] = {
-    "imagenet1k": ("imagenet", "beit"),
-    "cifar10": ("cifar10", "beit"),
-    "cifar100": ("cifar100", "beit"),
-    "imdb": ("imdb", "bert"),
-    "sst5": ("sst5", "bert"),
-    "sst2": ("sst2", "bert"),
-}
+from .rows import Row, load_rows
 
 
 def smoke_trainer(work: Path) -> dict[str, Any]:
@@ -44,31 +38,39 @@ def smoke_trainer(work: Path) -> dict[str, Any]:
     }
 
 
-def _smoke_2022(row: str, work: Path, results_dir: Path) -> dict[str, Any]:
-    from heinsen_zoo.backbones.tiny import write_tiny_backbone
-    from heinsen_zoo.data.smoke import make_smoke_datamodule, write_smoke_data
+def smoke_config(row: Row, work: Path, results_dir: Path) -> dict[str, Any]:
+    """The config (trainer/model/data sections) that swaps the row's ``smoke:`` stand-ins into its experiment.
 
-    task, kind = SMOKE_PLAN[row]
-    spec = write_tiny_backbone(
-        kind, results_dir / "smoke" / "backbones" / kind
-    )  # shared: sst2 starts from sst5
-    d_depth, d_emb = spec.pop("d_depth"), spec.pop("d_emb")
-    if kind != "beit":
-        spec["pad_mode"] = "empty_chunk"  # the paper's rule, exercised end to end
-    data = write_smoke_data(task, work / "data", image_size=32, batch_size=None, steps_per_epoch=3)
+    ``smoke.data``: tiny data (a task of :mod:`heinsen_zoo.data.smoke` or a DataModule class path);
+    ``smoke.backbone``: a tiny random backbone kind (shared by rows under ``<results>/smoke/backbones``);
+    ``smoke.pad_mode``; ``smoke.model``: model init_args, where ``"{n_classes}"`` is the stand-in data's class
+    count and ``"{export}"`` the run's export folder; ``smoke.init_from``: the row whose smoke export this row
+    starts from.
+    """
+    from heinsen_zoo.data.smoke import smoke_data_spec
+
+    spec = row.smoke
+    if not spec:
+        raise KeyError(
+            f"row {row.name!r}: no smoke stand-ins; add a `smoke:` entry to the row in {row.source}"
+        )
+    data, n_classes = smoke_data_spec(spec["data"], work / "data", batch_size=None, steps_per_epoch=3)
     data["init_args"]["num_workers"] = 0
-    n_classes = make_smoke_datamodule(task, work / "data", image_size=32).num_classes
+    values = {"{n_classes}": n_classes, "{export}": str(work / "export")}
     model: dict[str, Any] = {
-        "backbone": spec,
-        "d_depth": d_depth,
-        "d_emb": d_emb,
-        "n_classes": n_classes,
-        "top_k": [1],
-        "labels": None,
-        "export_dir": str(work / "export"),
+        k: values.get(v, v) if isinstance(v, str) else v for k, v in spec.get("model", {}).items()
     }
-    if row == "sst2":  # fine-tuned from the smoke SST-5 head, as the paper's recipe
-        model["init_from"] = str(results_dir / "smoke" / "sst5" / "export")
+    if spec.get("backbone"):
+        from heinsen_zoo.backbones.tiny import write_tiny_backbone
+
+        kind = spec["backbone"]
+        backbone = write_tiny_backbone(kind, results_dir / "smoke" / "backbones" / kind)
+        model["d_depth"], model["d_emb"] = backbone.pop("d_depth"), backbone.pop("d_emb")
+        if spec.get("pad_mode"):
+            backbone["pad_mode"] = spec["pad_mode"]
+        model["backbone"] = backbone
+    if spec.get("init_from"):  # fine-tuned from another row's smoke head, as that row's recipe
+        model["init_from"] = str(results_dir / "smoke" / spec["init_from"] / "export")
     return {"trainer": smoke_trainer(work), "model": {"init_args": model}, "data": data}
 
 
@@ -81,23 +83,19 @@ def _rank_and_group() -> tuple[int, bool]:
     return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")), False
 
 
-def prepare_smoke(row: str, work: str | Path, results_dir: str | Path) -> list[str]:
+def prepare_smoke(row: Row | str, work: str | Path, results_dir: str | Path) -> list[str]:
     """Write the stand-ins of ``row`` under ``work``; return the CLI arguments that select them.
 
     Under DDP only rank 0 writes; the other ranks wait (barrier) or, when launched by rank 0 after it wrote,
     read the config it left.
     """
+    row = row if isinstance(row, Row) else load_rows()[row]
     work, results_dir = Path(work), Path(results_dir)
     path = work / "smoke.yaml"
     rank, grouped = _rank_and_group()
     if rank == 0:
         work.mkdir(parents=True, exist_ok=True)
-        if row in SMOKE_PLAN:
-            config = _smoke_2022(row, work, results_dir)
-        else:
-            from heinsen_zoo.reproduction.smoke2019 import smoke_2019_config
-
-            config = smoke_2019_config(row, work)
+        config = smoke_config(row, work, results_dir)
         tmp = path.with_suffix(".yaml.tmp")
         tmp.write_text(yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
         tmp.replace(path)
