@@ -68,12 +68,6 @@ SOURCES: dict[str, dict] = {
     "smallnorb": {"base_url": "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small"},
 }  # fmt: skip
 
-# row -> DATA_DIR sub-folder (as the preflight's DATA_CHECKS)
-ROW_FOLDERS = {
-    "imagenet1k": "imagenet", "cifar10": "cifar10", "cifar100": "cifar100", "imdb": "imdb", "sst5": "sst",
-    "sst2": "sst", "sst5_2019": "sst", "sst2_2019": "sst", "smallnorb2019": "smallnorb",
-}  # fmt: skip
-
 
 class FetchError(RuntimeError):
     """A download failed, or its result did not verify (nothing was put in place)."""
@@ -250,15 +244,23 @@ def fetch(row: str, data_dir: str | Path, base_url: str | None = None) -> list[P
 
     Files already present and valid are kept. Raises :class:`FetchError` (ImageNet: with the manual layout).
     """
-    if row not in ROW_FOLDERS:
-        raise KeyError(f"row: no data source for {row!r}; known rows {sorted(ROW_FOLDERS)}")
-    folder = ROW_FOLDERS[row]
+    folders = row_folders()
+    if row not in folders:
+        raise KeyError(f"row: no data source for {row!r}; known rows {sorted(folders)}")
+    folder = folders[row]
     return FETCHERS[folder](Path(data_dir) / folder, base_url)
+
+
+def row_folders() -> dict[str, str]:
+    """Row -> DATA_DIR sub-folder, for the rows (``configs/rows.yaml``) whose folder has a fetcher here."""
+    from heinsen_zoo.reproduction.rows import load_rows
+
+    return {name: row.data_folder for name, row in load_rows().items() if row.data_folder in FETCHERS}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="heinsen-zoo-fetch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("rows", nargs="+", choices=sorted(ROW_FOLDERS), metavar="ROW")
+    parser.add_argument("rows", nargs="+", choices=sorted(row_folders()), metavar="ROW")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     args = parser.parse_args(argv)
     for row in args.rows:
