@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from heinsen_zoo import cli as zoo_cli
 from heinsen_zoo.cli import (
     LOGGERS,
-    _apply_gpus,
     build_experiment,
     configs_dir,
     expand_experiment_args,
     list_experiments,
     main,
 )
+from heinsen_zoo.cli import lightning_run as zoo_cli
+from heinsen_zoo.cli.lightning_run import _apply_gpus
 
 EXPERIMENTS = sorted(p.stem for p in (configs_dir() / "experiments").glob("*.yaml"))
 CIFAR10_DEFAULTS = ["trainer/base.yaml", "trainer/gpu.yaml", "model/beit_large.yaml", "data/cifar10.yaml"]

@@ -323,7 +323,9 @@ def test_experiment_instantiates_and_fits_one_step_on_stand_ins(name, tmp_path, 
     assert type(cli.model) is resolve(experiment["model"]["class_path"])
     assert type(cli.datamodule) is resolve(experiment["data"]["class_path"])
     if name in DEMOS:  # the hidden-state cache computes features with the model's (swapped) backbone
-        assert cli.datamodule.backbone_spec == dict(cli.model.hparams.backbone)
+        from heinsen_zoo.model import encoder_spec  # the backbone the model builds (its padding policy)
+
+        assert cli.datamodule.backbone_spec == encoder_spec(cli.model.hparams.backbone, cli.model.hparams.padding)
         assert cli.model.hparams.backbone["id"] == "tiny-bert-smoke"
     assert isinstance(cli.trainer.accelerator, CPUAccelerator)
 
