@@ -167,8 +167,9 @@ def export_onnx(
         model = from_pretrained(model)
     head, model_padding = _head_of(model)
     padding = padding or model_padding
-    if padding not in ("mask", "none"):
-        raise ValueError(f"padding: expected 'mask' or 'none', got {padding!r}")
+    from heinsen_zoo.model import check_padding  # the one definition of the padding policies
+
+    check_padding(padding)
     if not isinstance(opset, int) or opset < 17:
         raise ValueError(f"opset: expected an int >= 17 (LayerNormalization), got {opset!r}")
     masked = padding == "mask"
