@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from heinsen_zoo.data.images import read_cifar
+from heinsen_zoo.data.cifar import read_cifar
 from heinsen_zoo.data.smallnorb import read_norb_matrix, write_norb_matrix
 from heinsen_zoo.data.synthetic import write_cifar, write_sst_trees
 

@@ -11,8 +11,9 @@ Example:
 
 from .base import TextDataset, ZooDataModule, stratified_split
 from .bbc import BBCNewsDataModule
+from .cifar import CIFAR10DataModule, CIFAR100DataModule, read_cifar
 from .collate import collate_images, collate_text
-from .images import CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule, read_cifar
+from .images import ImageNetDataModule
 from .safe_pickle import RestrictedUnpickler, safe_load_pickle
 from .sampling import CyclingRandomSampler, DistributedCyclingSampler
 from .smallnorb import SmallNORBDataModule
