@@ -101,6 +101,10 @@ REPRO_ROWS := $(shell sed -n 's/^  \([A-Za-z0-9_.-]*\):[[:space:]]*$$/\1/p' $(RO
 reproduce-%: $(STAMP) ## One paper row (e.g. make reproduce-cifar10).
 	$(REPRO) --rows $*
 
+.PHONY: rows
+rows: ## Print the reproduction rows (configs/rows.yaml + $HEINSEN_ROWS), one a line.
+	@printf '%s\n' $(REPRO_ROWS)
+
 .PHONY: gpu-check
 gpu-check: $(STAMP) ## On a machine with one CUDA GPU (< 5 min): gpu tests, bf16 smoke rows, the demo; prints a table.
 	$(PY) -m heinsen_zoo.reproduction.gpu_check
