@@ -14,6 +14,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Scripts that regenerate fixtures are run by hand, never imported by the doctest collection.
+collect_ignore_glob = ["heinsen_zoo/fixtures/*.py"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch

@@ -7,7 +7,12 @@ Finite-value checks cost a reduction over the input; switch them off in hot loop
 Example:
     >>> import torch
     >>> from heinsen_routing.validation import check_floating, skip_checks
-    >>> check_floating("x", torch.zeros(2, 3))
+    >>> check_floating("x", torch.zeros(2, 3)).shape          # returns the tensor it checked
+    torch.Size([2, 3])
+    >>> check_floating("x", torch.zeros(2, dtype=torch.long))
+    Traceback (most recent call last):
+    ...
+    TypeError: x: expected a floating-point tensor, got dtype torch.int64
     >>> with skip_checks():
     ...     pass  # the layers skip their NaN/inf scans here
 """
