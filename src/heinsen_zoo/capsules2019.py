@@ -4,7 +4,8 @@
   (4×4 poses) → two generative routings → ``(a_out, mu_out, sig2_out)``; ``a_out`` are the class logits.
 * :class:`SSTClassifier`: GPT-2-large hidden states of every layer ``[..., n_tok, 37, 1280]`` plus a token
   mask → vector capsules (1×64 poses) → two generative routings → ``(a_out, mu_out, sig2_out)``.
-* :func:`load_published`: build the right classifier for a published state dict and load it strictly.
+* their zoo records (``capsules2019_smallnorb``, ``capsules2019_sst``): the published weights load through
+  ``heinsen_zoo.zoo.create_model`` (:data:`PUBLISHED_ENTRIES`); :func:`load_published` is a deprecated alias.
 
 Module and parameter names match the published state dicts (``convolve.*``, ``compute_a.*``, ``compute_mu.*``,
 ``depth_emb``, ``detect_parts.*``, ``routings.0/1.*``), so they load with ``strict=True``.
@@ -25,25 +26,24 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from heinsen_routing.generative import GenerativeMatrixRouting
 from heinsen_routing.validation import check_finite, check_floating, check_rank, check_tensor
+from heinsen_zoo.zoo.architectures import Architecture, register_architecture
 
 __all__ = [
     "Swish",
     "SmallNORBClassifier",
     "SSTClassifier",
-    "PUBLISHED",
-    "published_dir",
-    "build_from_state_dict",
+    "PUBLISHED_ENTRIES",
     "load_published",
 ]
 
@@ -102,7 +102,9 @@ class SmallNORBClassifier(nn.Module):
             layers += [nn.BatchNorm2d(c_in), nn.Conv2d(c_in, d_chns, kernel_size=3, stride=stride), Swish()]
         self.convolve = nn.Sequential(*layers)
         self.compute_a = nn.Sequential(nn.BatchNorm2d(d_chns), nn.Conv2d(d_chns, n_parts, kernel_size=1))
-        self.compute_mu = nn.Sequential(nn.BatchNorm2d(d_chns), nn.Conv2d(d_chns, n_parts * 4 * 4, kernel_size=1))
+        self.compute_mu = nn.Sequential(
+            nn.BatchNorm2d(d_chns), nn.Conv2d(d_chns, n_parts * 4 * 4, kernel_size=1)
+        )
         self.routings = nn.Sequential(
             GenerativeMatrixRouting(n_inp=-1, n_out=n_parts, d_cov=4, d_inp=4, d_out=4),
             GenerativeMatrixRouting(n_inp=n_parts, n_out=n_objs, d_cov=4, d_inp=4, d_out=4),
@@ -124,7 +126,9 @@ class SmallNORBClassifier(nn.Module):
     def add_coord_grid(x: torch.Tensor) -> torch.Tensor:
         """Append row and column coordinates in [-1, 1]: ``[B, C, H, W]`` → ``[B, C + 2, H, W]``."""
         batch, _, height, width = x.shape
-        rows = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)[:, None].expand(height, width)
+        rows = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)[:, None].expand(
+            height, width
+        )
         cols = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)[None, :].expand(height, width)
         grid = torch.stack((rows, cols)).expand(batch, 2, height, width)  # [B, 2, H, W]
         return torch.cat((x, grid), dim=1)
@@ -158,7 +162,11 @@ class SmallNORBClassifier(nn.Module):
         mu = mu.permute(0, 1, 4, 5, 2, 3).reshape(batch, self.n_parts * h * w, 4, 4)  # [B, n_parts·h·w, 4, 4]
         for routing in self.routings:
             a, mu, sig2 = routing(a, mu)
-        return a.reshape(*lead, self.n_objs), mu.reshape(*lead, self.n_objs, 4, 4), sig2.reshape(*lead, self.n_objs, 4, 4)
+        return (
+            a.reshape(*lead, self.n_objs),
+            mu.reshape(*lead, self.n_objs, 4, 4),
+            sig2.reshape(*lead, self.n_objs, 4, 4),
+        )
 
 
 class SSTClassifier(nn.Module):
@@ -204,8 +212,12 @@ class SSTClassifier(nn.Module):
         if n_classes is None:
             raise ValueError("n_classes: required (5 for SST-5, 2 for SST-2), got None")
         for name, value in (
-            ("d_depth", d_depth), ("d_emb", d_emb), ("d_inp", d_inp), ("d_cap", d_cap),
-            ("n_parts", n_parts), ("n_classes", n_classes),
+            ("d_depth", d_depth),
+            ("d_emb", d_emb),
+            ("d_inp", d_inp),
+            ("d_cap", d_cap),
+            ("n_parts", n_parts),
+            ("n_classes", n_classes),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
@@ -240,7 +252,9 @@ class SSTClassifier(nn.Module):
         if mask.dtype == torch.bool:
             mask = mask.to(embs.dtype)
         elif not mask.is_floating_point():
-            raise TypeError(f"mask: expected a bool or floating-point tensor (1 = token, 0 = padding), got {mask.dtype}")
+            raise TypeError(
+                f"mask: expected a bool or floating-point tensor (1 = token, 0 = padding), got {mask.dtype}"
+            )
         else:
             mask = mask.to(embs.dtype)
             if bool(((mask < 0) | (mask > 1) | torch.isnan(mask)).any()):
@@ -255,7 +269,9 @@ class SSTClassifier(nn.Module):
         a = torch.logit(mask).unsqueeze(-1).expand(*mask.shape, self.d_depth)  # [..., n_tok, d_depth]
         a = a.reshape(*mask.shape[:-1], n_tok * self.d_depth)  # [..., n_tok·d_depth]
         mu = self.detect_parts(embs + self.depth_emb)  # [..., n_tok, d_depth, d_inp]
-        mu = mu.reshape(*mask.shape[:-1], n_tok * self.d_depth, 1, self.d_inp)  # [..., n_tok·d_depth, 1, d_inp]
+        mu = mu.reshape(
+            *mask.shape[:-1], n_tok * self.d_depth, 1, self.d_inp
+        )  # [..., n_tok·d_depth, 1, d_inp]
         a = a.to(mu.dtype)
         for routing in self.routings:
             a, mu, sig2 = routing(a, mu)
@@ -263,127 +279,114 @@ class SSTClassifier(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Published weights.
-
-#: Published files (in ``<shared>/checkpoints/heinsen2019``) and the exact constructor of each.
-PUBLISHED: dict[str, tuple[str, type[nn.Module], dict[str, int]]] = {
-    "smallNORB": ("smallNORB_pretrained_model_state_dict.pt", SmallNORBClassifier,
-                  {"n_objs": 5, "n_parts": 64, "d_chns": 64}),
-    "SST5R": ("SST5R_pretrained_model_state_dict.pt", SSTClassifier,
-              {"d_depth": 37, "d_emb": 1280, "d_inp": 64, "d_cap": 2, "n_parts": 64, "n_classes": 5}),
-    "SST2R": ("SST2R_pretrained_model_state_dict.pt", SSTClassifier,
-              {"d_depth": 37, "d_emb": 1280, "d_inp": 64, "d_cap": 2, "n_parts": 64, "n_classes": 2}),
-}
+# Zoo records (heinsen_zoo.zoo.architectures) and the published weights (loaded through the zoo's registry).
 
 
-def published_dir() -> Path:
-    """Folder of the published 2019 weights: ``$HEINSEN_SHARED/checkpoints/heinsen2019`` when that variable is
-    set, else ``<repo>/../shared/checkpoints/heinsen2019`` (a source checkout)."""
-    shared = os.environ.get("HEINSEN_SHARED")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2] / ".." / "shared"
-    return base / "checkpoints" / "heinsen2019"
+def _infer_smallnorb(state: Mapping[str, Any]) -> dict[str, int]:
+    return {
+        "n_objs": int(state["routings.1.W"].shape[1]),  # W [n_inp, n_out, d_cov, d_inp]
+        "n_parts": int(state["routings.0.W"].shape[1]),
+        "d_chns": int(state["convolve.1.weight"].shape[0]),
+    }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _infer_sst(state: Mapping[str, Any]) -> dict[str, int]:
+    d_depth, d_emb = (int(s) for s in state["depth_emb"].shape)
+    return {
+        "d_depth": d_depth,
+        "d_emb": d_emb,
+        "d_inp": int(state["detect_parts.0.weight"].shape[0]),
+        "d_cap": int(state["routings.0.W"].shape[-1]),
+        "n_parts": int(state["routings.0.W"].shape[1]),
+        "n_classes": int(state["routings.1.W"].shape[1]),
+    }
 
 
-def _verify_checksum(path: Path) -> None:
-    sums = path.parent / "SHA256SUMS"
-    if not sums.is_file():
-        return
-    expected = None
-    for line in sums.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("*") == path.name:
-            expected = parts[0].lower()
-    if expected is None:
-        warnings.warn(f"{sums} does not list {path.name}; its checksum was not verified", stacklevel=3)
-        return
-    actual = _sha256(path)
-    if actual != expected:
-        raise ValueError(f"checksum mismatch for {path}: SHA256SUMS lists {expected}, the file has {actual}")
+def _head_only(args: dict[str, int], backbone: Any, labels: Any, padding: str) -> dict[str, int]:
+    return dict(args)  # the 2019 classifiers take their head arguments only
 
 
-def build_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Build an untrained classifier whose architecture fits ``state_dict`` (sizes inferred from its shapes).
+def _norb_kind(model: nn.Module) -> str:
+    return "norb"
 
-    Example:
-        >>> sd = SSTClassifier(d_depth=3, d_emb=16, n_classes=4).state_dict()
-        >>> build_from_state_dict(sd).n_classes
-        4
-    """
-    try:
-        if "convolve.1.weight" in state_dict:
-            return SmallNORBClassifier(
-                n_objs=int(state_dict["routings.1.W"].shape[1]),
-                n_parts=int(state_dict["routings.0.W"].shape[1]),
-                d_chns=int(state_dict["convolve.1.weight"].shape[0]),
-            )
-        if "depth_emb" in state_dict:
-            d_depth, d_emb = (int(s) for s in state_dict["depth_emb"].shape)
-            return SSTClassifier(
-                d_depth=d_depth,
-                d_emb=d_emb,
-                d_inp=int(state_dict["detect_parts.0.weight"].shape[0]),
-                d_cap=int(state_dict["routings.0.W"].shape[-1]),
-                n_parts=int(state_dict["routings.0.W"].shape[1]),
-                n_classes=int(state_dict["routings.1.W"].shape[1]),
-            )
-    except (KeyError, IndexError) as err:
-        raise ValueError(f"state dict: not a 2019 capsule classifier (missing or malformed key {err})") from err
+
+def _sst_kind(model: nn.Module) -> str:
     raise ValueError(
-        "state dict: not a 2019 capsule classifier (expected the key 'convolve.1.weight' of SmallNORBClassifier "
-        f"or 'depth_emb' of SSTClassifier); its first keys are {list(state_dict)[:5]}"
+        "model: the 2019 SST capsule models classify GPT-2-large hidden states, not raw text; predict supports "
+        "routing-head models and the 2019 smallNORB model"
     )
 
 
-def load_published(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a published 2019 model (in eval mode) from a name in :data:`PUBLISHED` or a state-dict file.
+register_architecture(
+    Architecture(
+        name="capsules2019_smallnorb",
+        args=("n_objs", "n_parts", "d_chns"),
+        n_classes_arg="n_objs",
+        anchor="convolve.1.weight",
+        infer_args=_infer_smallnorb,
+        model_class=SmallNORBClassifier,
+        build_kwargs=_head_only,
+        inputs="stereo image pairs [..., 2, 96, 96], pixel values in [0, 1]",
+        input_kind=_norb_kind,
+    )
+)
+register_architecture(
+    Architecture(
+        name="capsules2019_sst",
+        args=("d_depth", "d_emb", "d_inp", "d_cap", "n_parts", "n_classes"),
+        n_classes_arg="n_classes",
+        anchor="depth_emb",
+        infer_args=_infer_sst,
+        model_class=SSTClassifier,
+        build_kwargs=_head_only,
+        inputs="token mask [..., n_tok] and GPT-2-large hidden states [..., n_tok, 37, 1280]",
+        input_kind=_sst_kind,
+    )
+)
 
-    The file is loaded with ``weights_only=True``, its SHA-256 checked against a ``SHA256SUMS`` beside it
-    (when there is one), and the state dict loaded with ``strict=True``; missing or unexpected keys are named.
+#: ``load_published`` names → the registry entries of the published 2019 weights.
+PUBLISHED_ENTRIES: dict[str, str] = {
+    "smallNORB": "capsules_smallnorb.heinsen2019",
+    "SST5R": "capsules_gpt2_large.sst5r_heinsen2019",
+    "SST2R": "capsules_gpt2_large.sst2r_heinsen2019",
+}
+
+
+def load_published(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Deprecated: use ``heinsen_zoo.zoo.create_model(PUBLISHED_ENTRIES[name])`` (or ``checkpoint_path=FILE``).
+
+    A thin alias over the registry: a name of :data:`PUBLISHED_ENTRIES` loads that entry (SHA-256 verified);
+    a state-dict file is loaded as the 2019 architecture its keys show (head arguments from its shapes), strictly
+    and weights-only; a file named like a published one is verified against the published digest.
 
     Example:
         >>> model = load_published("smallNORB")  # doctest: +SKIP
     """
-    key = str(name_or_path)
-    if key in PUBLISHED:
-        path = published_dir() / PUBLISHED[key][0]
-    else:
-        path = Path(name_or_path)
+    warnings.warn(
+        "heinsen_zoo.capsules2019.load_published is deprecated: use heinsen_zoo.zoo.create_model("
+        "'capsules_smallnorb.heinsen2019') (or checkpoint_path=FILE)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from heinsen_zoo.zoo import checkpoints, entries
+    from heinsen_zoo.zoo.architectures import get_architecture
+    from heinsen_zoo.zoo.registry import create_model, get_entry
+
+    key = os.fspath(name_or_path)
+    if key in PUBLISHED_ENTRIES:
+        return create_model(PUBLISHED_ENTRIES[key], map_location=map_location)
+    path = Path(key).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint not found: {path} (pass a path to a state-dict file, or one of {sorted(PUBLISHED)} with the "
-            "published weights in $HEINSEN_SHARED/checkpoints/heinsen2019 or <repo>/../shared/checkpoints/heinsen2019)"
+            f"checkpoint not found: {path} (pass a state-dict file, or one of {sorted(PUBLISHED_ENTRIES)})"
         )
-    _verify_checksum(path)
-    from heinsen_zoo.zoo.hub import check_state_dict
-
-    try:
-        state_dict = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file or pickled objects that are not plain tensors
-        raise ValueError(f"could not load {path} as a weights-only state dict: {err}") from err
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
-
-    published = next((v for v in PUBLISHED.values() if v[0] == path.name), None)
-    model = published[1](**published[2]) if published else build_from_state_dict(state_dict)
-    try:  # keys, shapes, dtypes (an int tensor where floats are expected is refused, fp16 reported)
-        check_state_dict(model, state_dict, str(path))
-    except ValueError as err:
-        raise ValueError(f"{path} does not fit {type(model).__name__}: {err}") from None
-    try:
-        result = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"{path} does not fit {type(model).__name__}: {err}") from err
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit {type(model).__name__}: missing keys {result.missing_keys}, "
-            f"unexpected keys {result.unexpected_keys}"
-        )
-    return model.to(map_location).eval()
+    raw = checkpoints.read_weights(path)
+    architecture = checkpoints.detect_architecture(raw, str(path))
+    if architecture not in ("capsules2019_smallnorb", "capsules2019_sst"):
+        raise ValueError(f"{path}: not a 2019 capsule classifier (its weights are {architecture!r})")
+    head = get_architecture(architecture).infer_head_args(
+        checkpoints.extract_state_dict(raw, architecture, str(path))
+    )
+    entry = next(n for n in PUBLISHED_ENTRIES.values() if get_entry(n).architecture == architecture)
+    overlay = {"file": str(path), "sha256": entries.HEINSEN_2019_SHA256.get(path.name)}
+    return create_model(entry, pretrained_cfg_overlay=overlay, map_location=map_location, **head)

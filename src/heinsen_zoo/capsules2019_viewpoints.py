@@ -87,7 +87,9 @@ def select_trajectories(
     fixed = [c for c in range(len(META_FIELDS)) if c != column]
     groups: dict[tuple[int, ...], dict[int, int]] = {}
     for index, row in enumerate(meta.tolist()):
-        groups.setdefault(tuple(row[c] for c in fixed), {}).setdefault(row[column], index)  # first of duplicates
+        groups.setdefault(tuple(row[c] for c in fixed), {}).setdefault(
+            row[column], index
+        )  # first of duplicates
     by_category: dict[int, list[tuple[int, tuple[int, ...], np.ndarray]]] = {}
     for key, members in groups.items():
         if len(members) >= min_length:
@@ -95,13 +97,18 @@ def select_trajectories(
             by_category.setdefault(key[0], []).append((-len(members), key, indices))
     selected = []
     for category in sorted(by_category):
-        selected += [indices for _, _, indices in sorted(by_category[category], key=lambda t: t[:2])[:max_per_category]]
+        selected += [
+            indices for _, _, indices in sorted(by_category[category], key=lambda t: t[:2])[:max_per_category]
+        ]
     return selected
 
 
 @torch.no_grad()
 def class_poses(
-    model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, batch_size: int = 20
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    batch_size: int = 20,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Poses ``mu_out`` of each image's class capsule, flattened: ``([N, 16] float64, predicted class [N])``.
 
@@ -116,7 +123,9 @@ def class_poses(
         batch = batch.to(param.dtype) / 255.0 if batch.dtype == torch.uint8 else batch.to(param.dtype)
         a_out, mu_out, _ = model(batch.to(param.device))  # [b, n_objs], [b, n_objs, 4, 4]
         rows = torch.arange(len(batch), device=param.device)
-        poses.append(mu_out[rows, labels[start : start + batch_size].to(param.device)].flatten(1).double().cpu())
+        poses.append(
+            mu_out[rows, labels[start : start + batch_size].to(param.device)].flatten(1).double().cpu()
+        )
         predictions.append(a_out.argmax(-1).cpu())
     if not poses:
         return np.zeros((0, 16)), np.zeros((0,), dtype=np.int64)
@@ -154,7 +163,7 @@ def plot_pose_trajectories(
     """Draw the pose trajectories (see the module docstring) to ``out_png``; returns a summary dict.
 
     Args:
-        model: a :class:`~heinsen_zoo.capsules2019.SmallNORBClassifier` (e.g. ``load_published("smallNORB")``).
+        model: a :class:`~heinsen_zoo.capsules2019.SmallNORBClassifier` (e.g. ``create_model("capsules_smallnorb.heinsen2019")``).
         data: a :class:`~heinsen_zoo.data.smallnorb.SmallNORBDataModule` (its ``split`` files are read), a tuple
             ``(images [N, 2, 96, 96], labels [N], meta [N, 5])`` or a dict with keys ``image``, ``label``, ``meta``.
         vary: the viewpoint variable along each trajectory: "azimuth" or "elevation".
@@ -174,7 +183,9 @@ def plot_pose_trajectories(
 
     images, labels, meta = _arrays(data, split)
     if not (len(images) == len(labels) == len(meta)):
-        raise ValueError(f"data: images ({len(images)}), labels ({len(labels)}) and meta ({len(meta)}) differ in length")
+        raise ValueError(
+            f"data: images ({len(images)}), labels ({len(labels)}) and meta ({len(meta)}) differ in length"
+        )
     trajectories = select_trajectories(meta, vary, max_per_category, min_length)
     if not trajectories:
         raise ValueError(
@@ -182,8 +193,12 @@ def plot_pose_trajectories(
             "lighting and other angle); pass more views of the same objects"
         )
     flat = np.concatenate(trajectories)
-    poses, predicted = class_poses(model, images[flat] if isinstance(images, np.ndarray) else images[torch.as_tensor(flat)],
-                                   labels[flat], batch_size)
+    poses, predicted = class_poses(
+        model,
+        images[flat] if isinstance(images, np.ndarray) else images[torch.as_tensor(flat)],
+        labels[flat],
+        batch_size,
+    )
     column = META_FIELDS.index(vary)
     categories = sorted({int(meta[t[0], 0]) for t in trajectories})
     n_cols = min(3, len(categories))
@@ -192,7 +207,7 @@ def plot_pose_trajectories(
         n_rows, n_cols, figsize=(4.0 * n_cols + 1.0, 3.8 * n_rows + 0.6), squeeze=False, layout="constrained"
     )
     panels = axes.ravel()
-    for ax in panels[len(categories):]:
+    for ax in panels[len(categories) :]:
         ax.set_axis_off()
     cmap = plt.get_cmap("twilight" if vary == "azimuth" else "viridis")
     vmin, vmax = (0.0, 360.0) if vary == "azimuth" else (30.0, 70.0)
@@ -208,15 +223,33 @@ def plot_pose_trajectories(
             xy = np.stack([coords[r] for r in range(offsets[k], offsets[k + 1])])  # [length, 2]
             degrees = _degrees(vary, meta[indices, column].astype(np.float64))
             ax.plot(xy[:, 0], xy[:, 1], "-", color="0.6", lw=1, zorder=1)
-            scatter = ax.scatter(xy[:, 0], xy[:, 1], c=degrees, cmap=cmap, vmin=vmin, vmax=vmax, s=28, zorder=2,
-                                 edgecolors="k", linewidths=0.3)
-            ax.annotate(f"inst {int(meta[indices[0], 1])}", xy[0], fontsize=7, xytext=(3, 3), textcoords="offset points")
-            summary.append({
-                "category": CATEGORY_NAMES[category] if category < len(CATEGORY_NAMES) else str(category),
-                "indices": indices.tolist(),
-                "degrees": degrees.tolist(),
-                "predicted": predicted[offsets[k] : offsets[k + 1]].tolist(),
-            })
+            scatter = ax.scatter(
+                xy[:, 0],
+                xy[:, 1],
+                c=degrees,
+                cmap=cmap,
+                vmin=vmin,
+                vmax=vmax,
+                s=28,
+                zorder=2,
+                edgecolors="k",
+                linewidths=0.3,
+            )
+            ax.annotate(
+                f"inst {int(meta[indices[0], 1])}",
+                xy[0],
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+            summary.append(
+                {
+                    "category": CATEGORY_NAMES[category] if category < len(CATEGORY_NAMES) else str(category),
+                    "indices": indices.tolist(),
+                    "degrees": degrees.tolist(),
+                    "predicted": predicted[offsets[k] : offsets[k + 1]].tolist(),
+                }
+            )
         name = CATEGORY_NAMES[category] if category < len(CATEGORY_NAMES) else str(category)
         ax.set_title(f"{name}: class-capsule pose (MDS)", fontsize=10)
         ax.set_xlabel("MDS 1")
@@ -228,7 +261,12 @@ def plot_pose_trajectories(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    return {"out_png": str(out_png), "vary": vary, "n_trajectories": len(trajectories), "trajectories": summary}
+    return {
+        "out_png": str(out_png),
+        "vary": vary,
+        "n_trajectories": len(trajectories),
+        "trajectories": summary,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -238,8 +276,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         description="Plot MDS trajectories of the class capsule's pose as azimuth or elevation changes.",
     )
     parser.add_argument("--data-dir", required=True, help="folder with the smallNORB .mat(.gz) files")
-    parser.add_argument("--weights", default="smallNORB",
-                        help="published name (smallNORB) or path to a SmallNORBClassifier state dict")
+    parser.add_argument(
+        "--weights",
+        default="smallNORB",
+        help="published name (smallNORB) or path to a SmallNORBClassifier state dict",
+    )
     parser.add_argument("--out", default="pose_trajectories.png", help="output PNG path")
     parser.add_argument("--vary", choices=VARY_CHOICES, default="azimuth")
     parser.add_argument("--split", choices=("test", "train"), default="test")
@@ -249,17 +290,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from heinsen_zoo.capsules2019 import SmallNORBClassifier, load_published
+    from heinsen_zoo.capsules2019 import PUBLISHED_ENTRIES, SmallNORBClassifier
     from heinsen_zoo.data.smallnorb import SmallNORBDataModule
+    from heinsen_zoo.zoo.registry import create_model
 
-    model = load_published(args.weights)
+    if args.weights in PUBLISHED_ENTRIES:
+        model = create_model(PUBLISHED_ENTRIES[args.weights])
+    else:  # a state-dict file of the published architecture
+        model = create_model(PUBLISHED_ENTRIES["smallNORB"], checkpoint_path=args.weights)
     if not isinstance(model, SmallNORBClassifier):
         parser.error(f"--weights: expected SmallNORBClassifier weights, got {type(model).__name__}")
     model = model.to(args.device)
     datamodule = SmallNORBDataModule(args.data_dir)
     summary = plot_pose_trajectories(
-        model, datamodule, vary=args.vary, out_png=args.out, split=args.split,
-        max_per_category=args.max_per_category, min_length=args.min_length, batch_size=args.batch_size,
+        model,
+        datamodule,
+        vary=args.vary,
+        out_png=args.out,
+        split=args.split,
+        max_per_category=args.max_per_category,
+        min_length=args.min_length,
+        batch_size=args.batch_size,
     )
     print(json.dumps({k: summary[k] for k in ("out_png", "vary", "n_trajectories")}))
     return summary

@@ -34,12 +34,16 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from heinsen_routing import EfficientVectorRouting
 from heinsen_routing.credit import collect_phis
 from heinsen_routing.validation import check_bool_mask, check_dim, check_floating, check_nonempty, check_rank
+from heinsen_zoo.zoo.architectures import Architecture, register_architecture
 
 __all__ = ["RoutingHead"]
 
@@ -95,7 +99,9 @@ class RoutingHead(nn.Module):
                 f"{list(hidden.shape)}), got {list(padding_mask.shape)}"
             )
         if padding_mask.device != hidden.device:
-            raise ValueError(f"padding_mask: expected device {hidden.device} (that of hidden), got {padding_mask.device}")
+            raise ValueError(
+                f"padding_mask: expected device {hidden.device} (that of hidden), got {padding_mask.device}"
+            )
         return hidden, padding_mask
 
     def forward(
@@ -130,3 +136,49 @@ class RoutingHead(nn.Module):
         x = self.route[1](x)  # [..., n_hid, d_emb]
         x = self.route[2](x)  # [..., n_classes, 1]
         return x.squeeze(-1)  # [..., n_classes]
+
+
+# --------------------------------------------------------------------------------------------- zoo record
+
+
+def _infer_args(state: Mapping[str, Any]) -> dict[str, int]:
+    d_depth, d_emb = (int(s) for s in state["W"].shape)  # W [d_depth, d_emb]
+    return {
+        "d_depth": d_depth,
+        "d_emb": d_emb,
+        "n_classes": int(state["route.2.W_F1"].shape[0]),
+        "n_hid": int(state["route.0.W_F1"].shape[0]),
+    }
+
+
+def _build_kwargs(
+    args: dict[str, int], backbone: Mapping[str, Any] | None, labels: Any, padding: str
+) -> dict:
+    return {"backbone": dict(backbone or {}), **args, "labels": labels, "padding": padding}
+
+
+def _input_kind(model: Any) -> str:
+    kind = model.backbone_spec.get("kind")
+    if kind not in ("text", "vision"):
+        raise ValueError(f"model: backbone kind must be 'text' or 'vision', got {kind!r}")
+    return kind
+
+
+# The published 2022 family: a RoutingClassifier (heinsen_zoo.model, which builds on this module, hence
+# named, not imported) whose saved weights are its RoutingHead.
+register_architecture(
+    Architecture(
+        name="routing_head",
+        args=("d_depth", "d_emb", "n_classes", "n_hid"),
+        n_classes_arg="n_classes",
+        anchor="route.0.W_A",
+        infer_args=_infer_args,
+        model_class="heinsen_zoo.model:RoutingClassifier",
+        build_kwargs=_build_kwargs,
+        weights_attr="head",
+        weights_class=RoutingHead,
+        needs_backbone=True,
+        inputs="raw texts or images (through the frozen backbone), or its hidden states [..., n_pos, d_depth, d_emb]",
+        input_kind=_input_kind,
+    )
+)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,16 @@ import torch
 from safetensors.torch import load_file
 
 from heinsen_zoo.capsules2019 import (
-    PUBLISHED,
+    PUBLISHED_ENTRIES,
     SmallNORBClassifier,
     SSTClassifier,
-    build_from_state_dict,
     load_published,
 )
+from heinsen_zoo.heads import RoutingHead
+from heinsen_zoo.zoo.architectures import get_architecture
+from heinsen_zoo.zoo.checksums import ChecksumMismatchError
+from heinsen_zoo.zoo.errors import StateDictMismatchError, UnsafeCheckpointError
+from heinsen_zoo.zoo.registry import get_entry
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REFERENCE = FIXTURES / "capsules2019_reference.safetensors"
@@ -30,6 +33,19 @@ def _published_dir() -> Path:
 
 
 PUBLISHED_DIR = _published_dir()
+
+
+def _published(name: str) -> tuple[str, type, dict]:
+    """(file name, class, constructor arguments) of a published 2019 model, from its registry entry."""
+    entry = get_entry(PUBLISHED_ENTRIES[name])
+    return (
+        Path(entry.weights[-1].location).name,
+        get_architecture(entry.architecture).model_class,
+        dict(entry.head),
+    )
+
+
+PUBLISHED = {name: _published(name) for name in PUBLISHED_ENTRIES}
 needs_published = pytest.mark.skipif(
     not all((PUBLISHED_DIR / entry[0]).is_file() for entry in PUBLISHED.values()),
     reason=f"published 2019 weights not found in {PUBLISHED_DIR} (set HEINSEN_SHARED)",
@@ -39,7 +55,9 @@ needs_published = pytest.mark.skipif(
 def _load_reference_module():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_capsules2019_reference", FIXTURES / "make_capsules2019_reference.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_capsules2019_reference", FIXTURES / "make_capsules2019_reference.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -70,7 +88,10 @@ def test_published_state_dicts_load_strictly(name: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("HEINSEN_SHARED", str(PUBLISHED_DIR.parent.parent))
     loaded = load_published(name)
     assert type(loaded) is cls and not loaded.training
-    assert type(build_from_state_dict(state_dict)) is cls
+    arch = get_architecture(get_entry(PUBLISHED_ENTRIES[name]).architecture)
+    assert type(arch.build(arch.infer_head_args(state_dict))) is cls
+    with pytest.deprecated_call(match="create_model"):
+        load_published(name)
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, state_dict[key]), key
 
@@ -138,7 +159,9 @@ def test_sst_padding_has_no_influence(published_models: dict[str, torch.nn.Modul
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])
     with torch.no_grad():
         padded = model(mask, embs)
-        other_padding = model(mask, torch.cat([embs[:, :4], 50 * torch.randn(1, 2, 37, 1280, generator=gen)], dim=1))
+        other_padding = model(
+            mask, torch.cat([embs[:, :4], 50 * torch.randn(1, 2, 37, 1280, generator=gen)], dim=1)
+        )
         unpadded = model(torch.ones(1, 4), embs[:, :4])
         as_bool = model(mask.bool(), embs)
     for a, b, c, d in zip(padded, other_padding, unpadded, as_bool, strict=True):
@@ -154,14 +177,20 @@ def test_sst_padding_has_no_influence(published_models: dict[str, torch.nn.Modul
 def test_architecture_names_and_shapes() -> None:
     norb = SmallNORBClassifier()
     sd = norb.state_dict()
-    assert [k for k in sd if k.endswith(".weight") and sd[k].dim() == 4][:2] == ["convolve.1.weight", "convolve.4.weight"]
+    assert [k for k in sd if k.endswith(".weight") and sd[k].dim() == 4][:2] == [
+        "convolve.1.weight",
+        "convolve.4.weight",
+    ]
     assert sd["compute_mu.1.weight"].shape == (1024, 64, 1, 1) and sd["routings.0.W"].shape == (1, 64, 4, 4)
     assert sd["routings.1.W"].shape == (64, 5, 4, 4) and "convolve.16.weight" in sd
     assert SmallNORBClassifier.feature_map_size(96) == 9
     sst = SSTClassifier(n_classes=5)
     assert {k: tuple(v.shape) for k, v in sst.state_dict().items() if not k.startswith("routings")} == {
-        "depth_emb": (37, 1280), "detect_parts.0.weight": (64, 1280), "detect_parts.0.bias": (64,),
-        "detect_parts.2.weight": (64,), "detect_parts.2.bias": (64,),
+        "depth_emb": (37, 1280),
+        "detect_parts.0.weight": (64, 1280),
+        "detect_parts.0.bias": (64,),
+        "detect_parts.2.weight": (64,),
+        "detect_parts.2.bias": (64,),
     }
     assert sst.state_dict()["routings.0.W"].shape == (1, 64, 64, 2)
     assert sst.state_dict()["routings.1.B"].shape == (64, 5, 1, 2)
@@ -188,7 +217,9 @@ def test_capsule_order_is_part_major_then_row_then_column() -> None:
     capsule = part * 81 + row * 9 + col
     assert seen["a"].shape == (2, 243) and seen["mu"].shape == (2, 243, 4, 4)
     torch.testing.assert_close(seen["a"][:, capsule], a_map[:, part, row, col])
-    torch.testing.assert_close(seen["mu"][:, capsule].reshape(2, 16), mu_map[:, part * 16 : (part + 1) * 16, row, col])
+    torch.testing.assert_close(
+        seen["mu"][:, capsule].reshape(2, 16), mu_map[:, part * 16 : (part + 1) * 16, row, col]
+    )
     # The coordinate grid: rows then columns, each linspace(-1, 1).
     grid = SmallNORBClassifier.add_coord_grid(torch.zeros(1, 2, 3, 5))
     torch.testing.assert_close(grid[0, 2, :, 0], torch.tensor([-1.0, 0.0, 1.0]))
@@ -238,38 +269,41 @@ def _save_tiny(path: Path, state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def test_load_published_errors(tmp_path: Path) -> None:
+    """The deprecated alias loads through create_model: strict, weights-only, published digests verified."""
     sd = SSTClassifier(d_depth=3, d_emb=8, n_classes=4).state_dict()
     good = tmp_path / "good.pt"
-    digest = _save_tiny(good, sd)
-    (tmp_path / "SHA256SUMS").write_text(f"{digest}  good.pt\n{'0' * 64}  tampered.pt\n")
-    model = load_published(good)
+    _save_tiny(good, sd)
+    model = load_published(good)  # head arguments inferred from the shapes
     assert isinstance(model, SSTClassifier) and model.n_classes == 4 and not model.training
 
-    shutil.copy(good, tmp_path / "tampered.pt")
-    with pytest.raises(ValueError, match="checksum mismatch for .*tampered.pt: SHA256SUMS lists 0000"):
-        load_published(tmp_path / "tampered.pt")
-
-    (tmp_path / "extra.pt").write_bytes(b"")
+    _save_tiny(tmp_path / "SST5R_pretrained_model_state_dict.pt", sd)  # named like a published file
+    with pytest.raises(
+        ChecksumMismatchError, match="SST5R_pretrained_model_state_dict.pt: expected sha256 15f26c"
+    ):
+        load_published(tmp_path / "SST5R_pretrained_model_state_dict.pt")
     _save_tiny(tmp_path / "extra.pt", {**sd, "surprise": torch.zeros(1)})
-    with pytest.warns(UserWarning, match="does not list extra.pt"):
-        with pytest.raises(ValueError, match=r"unexpected keys \['surprise'\]"):
-            load_published(tmp_path / "extra.pt")
-    other = tmp_path / "other"
-    other.mkdir()
-    _save_tiny(other / "missing.pt", {k: v for k, v in sd.items() if k != "routings.1.beta_ign"})
-    with pytest.raises(ValueError, match=r"missing keys \['routings.1.beta_ign'\]"):
-        load_published(other / "missing.pt")
-    _save_tiny(other / "shapes.pt", {**sd, "routings.1.B": torch.zeros(64, 4, 1, 3)})
-    with pytest.raises(ValueError, match="(?s)does not fit SSTClassifier.*routings.1.B"):
-        load_published(other / "shapes.pt")
-    torch.save({"not": "tensors", "x": torch.nn.Linear(1, 1)}, other / "pickled.pt")
-    with pytest.raises(ValueError, match="could not load .*pickled.pt as a weights-only state dict"):
-        load_published(other / "pickled.pt")
-    _save_tiny(other / "unknown.pt", {"weight": torch.zeros(1)})
+    with pytest.raises(StateDictMismatchError, match=r"unexpected keys \['surprise'\]"):
+        load_published(tmp_path / "extra.pt")
+    _save_tiny(tmp_path / "missing.pt", {k: v for k, v in sd.items() if k != "routings.1.beta_ign"})
+    with pytest.raises(StateDictMismatchError, match=r"missing keys \['routings.1.beta_ign'\]"):
+        load_published(tmp_path / "missing.pt")
+    _save_tiny(tmp_path / "shapes.pt", {**sd, "routings.1.B": torch.zeros(64, 4, 1, 3)})
+    with pytest.raises(StateDictMismatchError, match="shape mismatches routings.1.B"):
+        load_published(tmp_path / "shapes.pt")
+    torch.save({"not": "tensors", "x": torch.nn.Linear(1, 1)}, tmp_path / "pickled.pt")
+    with pytest.raises(
+        UnsafeCheckpointError, match="refusing to unpickle arbitrary objects from .*pickled.pt"
+    ):
+        load_published(tmp_path / "pickled.pt")
+    _save_tiny(tmp_path / "unknown.pt", {"weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="unknown.pt: no known architecture recognised"):
+        load_published(tmp_path / "unknown.pt")
+    head = RoutingHead(2, 8, 3, n_hid=4).state_dict()
+    _save_tiny(tmp_path / "head.pt", head)
     with pytest.raises(ValueError, match="not a 2019 capsule classifier"):
-        load_published(other / "unknown.pt")
+        load_published(tmp_path / "head.pt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pt"):
-        load_published(other / "nope.pt")
+        load_published(tmp_path / "nope.pt")
 
 
 @pytest.mark.gpu

@@ -7,7 +7,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from heinsen_zoo.model import RoutingClassifier
-from heinsen_zoo.zoo import card, registry
+from heinsen_zoo.zoo import card, export_format, registry
 from heinsen_zoo.zoo.convert import _base_config
 from heinsen_zoo.zoo.hub import save_pretrained
 
@@ -52,7 +52,7 @@ def test_write_model_card_into_an_export(tmp_path):
     torch.manual_seed(0)
     model = RoutingClassifier(SPEC, n_classes=2, d_depth=3, d_emb=16, n_hid=4, labels=["neg", "pos"])
     out = save_pretrained(model, tmp_path / "export", extra_config={"metrics": {"val/acc": 0.5}})
-    path = card.write_model_card(out, repo_id="me/tiny")
+    path = export_format.write_model_card(out, repo_id="me/tiny")
     parsed = ModelCard.load(path)
     assert parsed.data.base_model == "roberta-large"
     assert parsed.data.pipeline_tag == "text-classification"
@@ -61,7 +61,7 @@ def test_write_model_card_into_an_export(tmp_path):
     config_sha = __import__("json").loads((out / "config.json").read_text())["sha256"]["model.safetensors"]
     assert config_sha in path.read_text()
     path.write_text("kept")
-    card.write_model_card(out, overwrite=False)
+    export_format.write_model_card(out, overwrite=False)
     assert path.read_text() == "kept"
 
 

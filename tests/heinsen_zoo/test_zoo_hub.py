@@ -124,7 +124,7 @@ def test_class_count_mismatch_between_config_and_weights(tmp_path):
         ({"schema_version": 2}, "schema_version 2 was written by a newer heinsen_zoo"),
         ({"schema_version": None}, "'schema_version' is missing"),
         ({"schema_version": "1"}, "schema_version must be an int"),
-        ({"architecture": "mlp_head"}, "architecture 'mlp_head' is not supported"),
+        ({"architecture": "mlp_head"}, "architecture 'mlp_head' is unknown"),
         ({"head": {"d_depth": 3, "d_emb": 16, "n_classes": 4}}, r"missing \['n_hid'\]"),
         ({"backbone": None}, "'backbone' must be a spec object"),
         ({"padding": "zeros"}, "padding must be 'mask' or 'none'"),

@@ -1,13 +1,21 @@
 """The model zoo: a registry of named models, strict save/load, checksums and checkpoint conversion.
 
-* :mod:`~heinsen_zoo.zoo.registry` — ``list_models``, ``get_entry``, ``create_model``, ``register_model``;
-* :mod:`~heinsen_zoo.zoo.hub` — ``save_pretrained`` / ``from_pretrained`` (``config.json`` + ``model.safetensors``);
-* :mod:`~heinsen_zoo.zoo.checksums` — streaming SHA-256, ``verify``, the trust-on-first-use lock;
-* :mod:`~heinsen_zoo.zoo.convert` — ``safe_torch_load``, original state dicts and Lightning checkpoints → exports;
-* :mod:`~heinsen_zoo.zoo.entries` — the built-in entries; :mod:`~heinsen_zoo.zoo.errors` — the error types;
-* :mod:`~heinsen_zoo.zoo.download` — verified downloads (git blob id) into the cache, converted to exports;
-* :mod:`~heinsen_zoo.zoo.card` — model cards (``README.md`` with Hugging Face front matter);
-* :mod:`~heinsen_zoo.zoo.publish` — ``push_to_hub`` (``heinsen-zoo push``).
+Modules, from the bottom of the import graph up (each imports only those above it in this list):
+
+* :mod:`~heinsen_zoo.zoo.errors` — the error types; :mod:`~heinsen_zoo.zoo.checksums` — SHA-256, the lock file;
+  :mod:`~heinsen_zoo.zoo.files` — safetensors and atomic directories; :mod:`~heinsen_zoo.zoo.paths` — zoo home,
+  shared folder, cache, offline mode; :mod:`~heinsen_zoo.zoo.card` — model-card text;
+* :mod:`~heinsen_zoo.zoo.architectures` — one record per model family (registered by the family's module);
+* :mod:`~heinsen_zoo.zoo.fetch` — verified URL downloads and the hub fetcher;
+* :mod:`~heinsen_zoo.zoo.entry` — ``ModelEntry`` and its parts; :mod:`~heinsen_zoo.zoo.entries` — the built-ins;
+* :mod:`~heinsen_zoo.zoo.export_format` — ``config.json`` + ``model.safetensors``: validate, check, write;
+* :mod:`~heinsen_zoo.zoo.checkpoints` — safe readers (``safe_torch_load``, the one Lightning ``.ckpt`` reader);
+* :mod:`~heinsen_zoo.zoo.weights` — locating and verifying an entry's weights;
+  :mod:`~heinsen_zoo.zoo.loading` — strict loaders;
+* :mod:`~heinsen_zoo.zoo.registry` — ``list_models``, ``get_entry``, ``register_model``, ``create_model``;
+* :mod:`~heinsen_zoo.zoo.hub` — ``save_pretrained`` / ``from_pretrained``; :mod:`~heinsen_zoo.zoo.convert`,
+  :mod:`~heinsen_zoo.zoo.download` — the converters' and the downloader's command lines;
+  :mod:`~heinsen_zoo.zoo.publish` — ``push_to_hub`` (``heinsen-zoo push``).
 
 Example:
     >>> from heinsen_zoo.zoo import list_models
@@ -23,7 +31,7 @@ from typing import Any
 # Names are resolved lazily (``python -m heinsen_zoo.zoo.convert`` must not find convert pre-imported).
 _EXPORTS = {
     "build_model_card": "card",
-    "write_model_card": "card",
+    "write_model_card": "export_format",
     "ChecksumMismatchError": "checksums",
     "sha256_file": "checksums",
     "verify": "checksums",
@@ -32,6 +40,8 @@ _EXPORTS = {
     "safe_torch_load": "convert",
     "BlobMismatchError": "download",
     "fetch_published": "download",
+    "get_architecture": "architectures",
+    "register_architecture": "architectures",
     "ClassCountMismatchError": "errors",
     "IncompatibleConfigError": "errors",
     "OfflineError": "errors",
@@ -75,9 +85,11 @@ __all__ = [
     "export_lightning_checkpoint",
     "fetch_published",
     "from_pretrained",
+    "get_architecture",
     "get_entry",
     "list_models",
     "push_to_hub",
+    "register_architecture",
     "register_model",
     "resolve_weights",
     "safe_torch_load",

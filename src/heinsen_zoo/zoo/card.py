@@ -23,13 +23,11 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-__all__ = ["CARD_NAME", "build_model_card", "card_metadata", "write_model_card"]
+__all__ = ["CARD_NAME", "build_model_card", "card_metadata"]
 
 CARD_NAME = "README.md"
 LIBRARY = "heinsen-zoo"
@@ -219,38 +217,3 @@ def build_model_card(
     """The card text (front matter + body) of an export's ``config.json``."""
     data = card_metadata(config, repo_id, expected)
     return f"---\n{data.to_yaml()}\n---\n\n{_body(config, repo_id)}"
-
-
-def write_model_card(
-    export_dir: str | os.PathLike, repo_id: str | None = None, overwrite: bool = True
-) -> Path:
-    """Write ``README.md`` into an export directory (atomic); returns its path.
-
-    The registry entry named by ``config["name"]`` (if any) supplies the paper's metric, licence and
-    paper when ``config.json`` lacks them. ``overwrite=False`` keeps an existing card.
-    """
-    from heinsen_zoo.zoo.hub import read_config
-
-    export_dir = Path(export_dir)
-    path = export_dir / CARD_NAME
-    if path.is_file() and not overwrite:
-        return path
-    config = dict(read_config(export_dir))
-    name = config.get("name")
-    if isinstance(name, str):
-        from heinsen_zoo.zoo import registry
-        from heinsen_zoo.zoo.errors import UnknownModelError
-
-        try:
-            entry = registry.get_entry(name)
-        except UnknownModelError:
-            entry = None
-        if entry is not None:
-            config.setdefault("expected_metric", entry.to_dict()["metric"])
-            config.setdefault("license", entry.license)
-            config.setdefault("paper", entry.paper)
-            config.setdefault("description", entry.description)
-    tmp = path.with_name(f".{CARD_NAME}.tmp")
-    tmp.write_text(build_model_card(config, repo_id), encoding="utf-8")
-    os.replace(tmp, path)
-    return path

@@ -6,7 +6,7 @@ Weights and where they come from:
   in github.com/glassroom/heinsen_routing_2022_paper (folder ``checkpoints/``). Each entry carries the
   raw URL at a pinned commit (:data:`HEINSEN_2022_COMMIT`) and the file's git blob id (SPEC §5):
   ``create_model(name, pretrained=True)`` downloads it once into the zoo cache (not when offline),
-  verifies the blob id, converts it to an export (:mod:`heinsen_zoo.zoo.download`) and loads it
+  verifies the blob id, converts it to an export (:mod:`heinsen_zoo.zoo.fetch`) and loads it
   strictly. Local copies win: ``$HEINSEN_2022_DIR/<file>`` or ``<zoo home>/checkpoints/heinsen2022/<file>``
   (an export directory, the ``.pt`` named below, or the upstream file name — that one must be the
   published file and is checked against the blob id), their sha256 recorded on first use
@@ -22,8 +22,7 @@ re-trained head within seed noise), ±1.0 for the small SST test sets (2,210 / 1
 sentence = 0.05 points; seed variance of re-trained heads is larger).
 
 Example:
-    >>> names = register_builtin_entries()
-    >>> len(names)
+    >>> len(builtin_entries())
     10
 """
 
@@ -37,16 +36,15 @@ from heinsen_zoo.labels import (
     SMALLNORB_LABELS,
     SST5_LABELS,
 )
-from heinsen_zoo.zoo.registry import (
+from heinsen_zoo.zoo.entry import (
     ExpectedMetric,
     ModelEntry,
     Preprocessing,
     WeightSource,
-    register_model,
 )
 
 __all__ = [
-    "register_builtin_entries",
+    "builtin_entries",
     "HEINSEN_2019_SHA256",
     "HEINSEN_2022_COMMIT",
     "HEINSEN_2022_FILES",
@@ -359,9 +357,6 @@ def _entry_demo() -> ModelEntry:
     )
 
 
-def register_builtin_entries() -> list[str]:
-    """Register (or re-register) the built-in entries; returns their names."""
-    entries = [*_entries_2022(), *_entries_2019(), _entry_demo()]
-    for entry in entries:
-        register_model(entry, overwrite=True)
-    return [e.name for e in entries]
+def builtin_entries() -> list[ModelEntry]:
+    """The built-in entries (the registry registers them on first use)."""
+    return [*_entries_2022(), *_entries_2019(), _entry_demo()]

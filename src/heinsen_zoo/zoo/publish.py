@@ -69,7 +69,7 @@ def push_to_hub(
     ``api``: an ``huggingface_hub.HfApi`` (default: a new one with ``token``); anything with the same
     ``create_repo`` / ``upload_folder`` methods works (tests pass a stand-in).
     """
-    from heinsen_zoo.zoo import card, hub
+    from heinsen_zoo.zoo import export_format, hub
 
     repo_id = _check_repo_id(repo_id)
     export_dir = Path(export_dir)
@@ -81,8 +81,9 @@ def push_to_hub(
                 f"push {export_dir} -> {repo_id}: HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set, so nothing can be "
                 "uploaded; unset it on a connected machine"
             )
-    hub.load_export(export_dir)  # strict, sha256-verified: never publish a broken export
-    card.write_model_card(export_dir, repo_id=repo_id)
+    model = hub.load_export(export_dir)  # strict, sha256-verified: never publish a broken export
+    defaults = hub.card_defaults(model.pretrained_cfg.get("name"))
+    export_format.write_model_card(export_dir, repo_id=repo_id, defaults=defaults)
     if api is None:
         from huggingface_hub import HfApi
 
