@@ -15,7 +15,8 @@ Weights and where they come from:
   ``<repo>/../shared/checkpoints/heinsen2019``, verified against the digests published with them.
 * ``routing_minilm_l6.bbc_news_demo``: produced on this machine by ``make demo`` into ``runs/demo/export``.
 
-Expected metrics and tolerances are those of ``reproduce/expected.yaml`` (top-1 accuracy in percent):
+Expected metrics and tolerances are read from the reproduction rows (:mod:`heinsen_zoo.reproduction.rows`,
+``configs/rows.yaml``; top-1 accuracy in percent):
 ±0.5 points for ImageNet-1k, CIFAR-10/100, IMDB and smallNORB (large test sets; the published
 weights evaluated as published should land within rounding of the paper's one-decimal number, and a
 re-trained head within seed noise), ±1.0 for the small SST test sets (2,210 / 1,821 sentences, one
@@ -36,6 +37,7 @@ from heinsen_zoo.labels import (
     SMALLNORB_LABELS,
     SST5_LABELS,
 )
+from heinsen_zoo.reproduction.rows import published_metric
 from heinsen_zoo.zoo.entry import (
     ExpectedMetric,
     ModelEntry,
@@ -184,11 +186,17 @@ def _missing_2022(key: str) -> str:
     )
 
 
+def _metric(row: str, dataset: str) -> ExpectedMetric:
+    """The published number of reproduction row ``row`` (THE one definition: ``configs/rows.yaml``)."""
+    name, split, value, tolerance = published_metric(row)
+    return ExpectedMetric(name, split, value, tolerance, dataset=dataset, reproduce_row=row)
+
+
 def _entries_2022() -> list[ModelEntry]:
     vision = [
-        ("in1k", "ImageNet-1k", 1000, "imagenet-1k", 86.7, 0.5, "val", "imagenet1k", _BEIT_EVAL),
-        ("cifar10", "CIFAR-10", 10, CIFAR10_LABELS, 99.2, 0.5, "test", "cifar10", _BEIT_CIFAR_EVAL),
-        ("cifar100", "CIFAR-100", 100, CIFAR100_LABELS, 93.8, 0.5, "test", "cifar100", _BEIT_CIFAR_EVAL),
+        ("in1k", "ImageNet-1k", 1000, "imagenet-1k", "imagenet1k", _BEIT_EVAL),
+        ("cifar10", "CIFAR-10", 10, CIFAR10_LABELS, "cifar10", _BEIT_CIFAR_EVAL),
+        ("cifar100", "CIFAR-100", 100, CIFAR100_LABELS, "cifar100", _BEIT_CIFAR_EVAL),
     ]
     text = [
         (
@@ -196,9 +204,6 @@ def _entries_2022() -> list[ModelEntry]:
             "IMDB",
             2,
             BINARY_SENTIMENT_LABELS,
-            96.2,
-            0.5,
-            "test",
             "imdb",
             # 8 chunks of 512 tokens hold every IMDB review (the longest is ~2.5k words) and bound `infer`
             _roberta(("imdb_br_to_newline",), max_chunks=8),
@@ -208,9 +213,6 @@ def _entries_2022() -> list[ModelEntry]:
             "SST-5 (root sentences)",
             5,
             SST5_LABELS,
-            59.8,
-            1.0,
-            "test",
             "sst5",
             _roberta(("sst_detokenize",), train_on="all subtrees (phrases)", evaluate_on="root sentences"),
         ),
@@ -219,15 +221,12 @@ def _entries_2022() -> list[ModelEntry]:
             "SST-2 (root sentences)",
             2,
             BINARY_SENTIMENT_LABELS,
-            96.0,
-            1.0,
-            "test",
             "sst2",
             _roberta(("sst_detokenize",), label_map="drop neutral (2); labels > 2 -> 1"),
         ),
     ]
     entries = []
-    for key, dataset, n_classes, labels, value, tol, split, row, pre in vision + text:
+    for key, dataset, n_classes, labels, row, pre in vision + text:
         is_vision = key in ("in1k", "cifar10", "cifar100")
         arch = "routing_beit_large_p16_224" if is_vision else "routing_roberta_large"
         backbone = BEIT_LARGE if is_vision else ROBERTA_LARGE
@@ -245,7 +244,7 @@ def _entries_2022() -> list[ModelEntry]:
                 weights=_sources_2022(key),
                 license="MIT (reference code and weights); backbone: see its model card",
                 paper=PAPER_2022,
-                metric=ExpectedMetric("top1", split, value, tol, dataset=dataset, reproduce_row=row),
+                metric=_metric(row, dataset),
                 description=(
                     f"Routing head (3 x EfficientVectorRouting) over all 25 hidden states of frozen "
                     f"{'BEiT-large 16/224' if is_vision else 'RoBERTa-large'}, {dataset}."
@@ -294,9 +293,7 @@ def _entries_2019() -> list[ModelEntry]:
             weights=_sources_2019("smallNORB_pretrained_model_state_dict.pt"),
             license=license_2019,
             paper=PAPER_2019,
-            metric=ExpectedMetric(
-                "top1", "test", 99.1, 0.5, dataset="smallNORB", reproduce_row="smallnorb2019"
-            ),
+            metric=_metric("smallnorb2019", "smallNORB"),
             description="Capsule network with generative matrix routing, trained end to end on smallNORB.",
             missing_hint=missing,
         ),
@@ -310,9 +307,7 @@ def _entries_2019() -> list[ModelEntry]:
             weights=_sources_2019("SST5R_pretrained_model_state_dict.pt"),
             license=license_2019,
             paper=PAPER_2019,
-            metric=ExpectedMetric(
-                "top1", "test", 58.5, 1.0, dataset="SST-5 (root sentences)", reproduce_row="sst5_2019"
-            ),
+            metric=_metric("sst5_2019", "SST-5 (root sentences)"),
             description="Capsule routing over all 37 hidden states of frozen GPT-2-large, SST-5 root sentences.",
             missing_hint=missing,
         ),
@@ -326,9 +321,7 @@ def _entries_2019() -> list[ModelEntry]:
             weights=_sources_2019("SST2R_pretrained_model_state_dict.pt"),
             license=license_2019,
             paper=PAPER_2019,
-            metric=ExpectedMetric(
-                "top1", "test", 95.6, 1.0, dataset="SST-2 (root sentences)", reproduce_row="sst2_2019"
-            ),
+            metric=_metric("sst2_2019", "SST-2 (root sentences)"),
             description="Capsule routing over all 37 hidden states of frozen GPT-2-large, SST-2 root sentences.",
             missing_hint=missing,
         ),
