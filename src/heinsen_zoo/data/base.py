@@ -24,6 +24,7 @@ hidden-state cache), and ``preprocessing`` (a JSON-able description recorded in 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,11 +151,17 @@ def _check_nonneg_int(name: str, value: object, positive: bool = False) -> int:
 
 
 class ZooDataModule(L.LightningDataModule):
-    """Base DataModule: loaders, fixed steps per epoch, DDP-aware training sampler.
+    """Base DataModule: the loader arguments (defined here once), loaders, fixed steps per epoch, DDP-aware
+    training sampler.
+
+    A subclass takes its own data arguments and forwards the loader arguments: ``def __init__(self, data_dir:
+    str, ..., **loader: Any)`` then ``super().__init__(**loader)`` (LightningCLI and ``--help`` still list them,
+    as ``--data.init_args.batch_size`` etc.); its paper batch is the class attribute ``default_batch_size``.
+    ``save_hyperparameters()`` records every loader argument, defaults included.
 
     Args:
-        batch_size: effective (global) training batch size; under DDP each rank loads
-            ``batch_size // world_size`` (must divide evenly).
+        batch_size: effective (global) training batch size (None: the class's ``default_batch_size``); under
+            DDP each rank loads ``batch_size // world_size`` (must divide evenly).
         num_workers: DataLoader worker processes (0 = load in the main process).
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
@@ -164,10 +171,11 @@ class ZooDataModule(L.LightningDataModule):
     """
 
     collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = staticmethod(collate_text)
+    default_batch_size: int = 32
 
     def __init__(
         self,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -176,6 +184,8 @@ class ZooDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        if batch_size is None:
+            batch_size = type(self).default_batch_size
         self.batch_size = _check_nonneg_int("batch_size", batch_size, positive=True)
         self.num_workers = _check_nonneg_int("num_workers", num_workers)
         self.pin_memory = bool(pin_memory)
@@ -192,6 +202,29 @@ class ZooDataModule(L.LightningDataModule):
             else _check_nonneg_int("eval_batch_size", eval_batch_size, positive=True)
         )
         self._datasets: dict[str, Dataset] = {}
+
+    @property
+    def loader_args(self) -> dict[str, Any]:
+        """The loader arguments as this DataModule uses them (defaults resolved)."""
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+            "steps_per_epoch": self.steps_per_epoch,
+            "seed": self.seed,
+            "eval_batch_size": self.eval_batch_size,
+        }
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's, called from the subclass's ``__init__``, plus every loader argument (defaults included,
+        which ``**loader`` forwarding would leave out)."""
+        kwargs.setdefault(
+            "frame", inspect.currentframe().f_back
+        )  # the caller's arguments, as Lightning's own
+        super().save_hyperparameters(*args, **kwargs)
+        for key, value in self.loader_args.items():
+            self.hparams.setdefault(key, value)
 
     # ---- to implement -------------------------------------------------------------------------------
     @property

@@ -159,6 +159,8 @@ class _CIFARDataModule(ZooDataModule):
     kind = "cifar10"
     collate_fn = staticmethod(collate_images)
 
+    default_batch_size = 50
+
     def __init__(
         self,
         data_dir: str | Path,
@@ -166,17 +168,9 @@ class _CIFARDataModule(ZooDataModule):
         randaugment: bool = True,
         val_fraction: float = 0.0,
         label_type: str = "fine",
-        batch_size: int = 50,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        steps_per_epoch: int | None = None,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(
-            batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size
-        )
+        super().__init__(**loader)
         self.save_hyperparameters()
         if not 0.0 <= float(val_fraction) < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -310,8 +304,9 @@ class CIFAR10DataModule(_CIFARDataModule):
         val_fraction: 0 (default, the paper): validate on the test split; > 0: hold out this seeded,
             stratified share of train for validation.
         label_type: ignored for CIFAR-10.
-        batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size:
-            see :class:`~heinsen_zoo.data.base.ZooDataModule` (the paper: batch 50, 2000 steps per epoch).
+        **loader: the loader arguments (batch_size, num_workers, pin_memory, persistent_workers,
+            steps_per_epoch, seed, eval_batch_size) of :class:`~heinsen_zoo.data.base.ZooDataModule`
+            (the paper: batch 50, 2000 steps per epoch).
 
     Example (a tiny archive written by :func:`heinsen_zoo.data.synthetic.write_cifar`):
         >>> import tempfile

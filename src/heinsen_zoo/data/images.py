@@ -200,8 +200,8 @@ class ImageNetDataModule(ZooDataModule):
         randaugment: apply RandAugment to training images.
         label_names_file: optional text file mapping folder names to readable names, one
             ``<folder> <name...>`` per line (e.g. Kaggle's LOC_synset_mapping.txt); default: folder names.
-        batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size:
-            see :class:`~heinsen_zoo.data.base.ZooDataModule`.
+        **loader: the loader arguments (batch_size, num_workers, pin_memory, persistent_workers,
+            steps_per_epoch, seed, eval_batch_size) of :class:`~heinsen_zoo.data.base.ZooDataModule`.
 
     Example (with a tiny folder written by :func:`heinsen_zoo.data.synthetic.write_imagenet_folder`):
         >>> import tempfile
@@ -214,6 +214,8 @@ class ImageNetDataModule(ZooDataModule):
 
     collate_fn = staticmethod(collate_images)
 
+    default_batch_size = 50
+
     def __init__(
         self,
         data_dir: str | Path,
@@ -221,17 +223,9 @@ class ImageNetDataModule(ZooDataModule):
         crop_pct: float = 0.9,
         randaugment: bool = True,
         label_names_file: str | Path | None = None,
-        batch_size: int = 50,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        steps_per_epoch: int | None = None,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(
-            batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size
-        )
+        super().__init__(**loader)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.image_size = image_size

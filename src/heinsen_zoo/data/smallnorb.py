@@ -211,9 +211,9 @@ class SmallNORBDataModule(ZooDataModule):
 
     Args:
         data_dir: folder with the six official files (plain or ``.gz``); see :func:`expected_files`.
-        batch_size: training batch size (the paper: 20).
-        num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size: see
-            :class:`~heinsen_zoo.data.base.ZooDataModule`.
+        **loader: the loader arguments (batch_size, num_workers, pin_memory, persistent_workers,
+            steps_per_epoch, seed, eval_batch_size) of :class:`~heinsen_zoo.data.base.ZooDataModule` (the paper:
+            batch 20).
         pad: edge padding of training images before the random crop.
         crop: side of the crops (96: same size as the images).
         val_fraction: fraction of the training set held out for validation (0: validate on the test set).
@@ -221,29 +221,17 @@ class SmallNORBDataModule(ZooDataModule):
 
     collate_fn = staticmethod(collate_smallnorb)
 
+    default_batch_size = 20
+
     def __init__(
         self,
         data_dir: str,
-        batch_size: int = 20,
-        num_workers: int = 0,
         pad: int = 16,
         crop: int = IMAGE_SIZE,
         val_fraction: float = 0.0,
-        seed: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        steps_per_epoch: int | None = None,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            steps_per_epoch=steps_per_epoch,
-            seed=seed,
-            eval_batch_size=eval_batch_size,
-        )
+        super().__init__(**loader)
         if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
             raise ValueError(f"pad: expected an int >= 0, got {pad!r}")
         if isinstance(crop, bool) or not isinstance(crop, int) or not 1 <= crop <= IMAGE_SIZE:

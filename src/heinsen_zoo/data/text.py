@@ -60,8 +60,9 @@ class IMDBDataModule(ZooDataModule):
         val_fraction: 0 (default, the paper reports test accuracy): validate on the test split;
             > 0: hold out this seeded, stratified share of train.
         max_per_class: keep at most this many reviews per class in every split (seeded subset), for tiny runs.
-        batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size:
-            see :class:`~heinsen_zoo.data.base.ZooDataModule` (the paper: batch 5, 10000 steps per epoch).
+        **loader: the loader arguments (batch_size, num_workers, pin_memory, persistent_workers,
+            steps_per_epoch, seed, eval_batch_size) of :class:`~heinsen_zoo.data.base.ZooDataModule`
+            (the paper: batch 5, 10000 steps per epoch).
 
     Example (a tiny folder written by :func:`heinsen_zoo.data.synthetic.write_imdb`):
         >>> import tempfile
@@ -71,21 +72,16 @@ class IMDBDataModule(ZooDataModule):
         (['neg', 'pos'], 6, False)
     """
 
+    default_batch_size = 5
+
     def __init__(
         self,
         data_dir: str | Path,
         val_fraction: float = 0.0,
         max_per_class: int | None = None,
-        batch_size: int = 5,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        steps_per_epoch: int | None = None,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed,
-                         eval_batch_size)
+        super().__init__(**loader)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.val_fraction = _check_fraction(val_fraction)
@@ -97,8 +93,10 @@ class IMDBDataModule(ZooDataModule):
         return list(IMDB_LABELS)
 
     def _expected(self) -> str:
-        return (f"{self.data_dir}/aclImdb/{{train,test}}/{{neg,pos}}/*.txt (or data_dir = the aclImdb folder), "
-                f"or " + HF_LAYOUT + " with train/test splits and columns text, label")
+        return (
+            f"{self.data_dir}/aclImdb/{{train,test}}/{{neg,pos}}/*.txt (or data_dir = the aclImdb folder), "
+            f"or " + HF_LAYOUT + " with train/test splits and columns text, label"
+        )
 
     def _read_acl(self, root: Path, split: str) -> tuple[list[str], list[str], list[int]]:
         ids: list[str] = []
@@ -118,7 +116,9 @@ class IMDBDataModule(ZooDataModule):
     def _read(self) -> dict[str, tuple[list[str], list[str], list[int]]]:
         if self._splits is not None:
             return self._splits
-        acl = next((c for c in (self.data_dir / "aclImdb", self.data_dir) if (c / "train" / "pos").is_dir()), None)
+        acl = next(
+            (c for c in (self.data_dir / "aclImdb", self.data_dir) if (c / "train" / "pos").is_dir()), None
+        )
         raw: dict[str, tuple[list[str], list[str], list[int]]] = {}
         if acl is not None:
             for split in ("train", "test"):
@@ -127,11 +127,15 @@ class IMDBDataModule(ZooDataModule):
             splits = load_hf_splits(self.data_dir, ("train", "test"))
             for split in ("train", "test"):
                 if split not in splits:
-                    raise missing_data_error("data_dir", self.data_dir, self._expected() + f" (no {split} split)")
+                    raise missing_data_error(
+                        "data_dir", self.data_dir, self._expected() + f" (no {split} split)"
+                    )
                 columns = splits[split].column_names
                 if "text" not in columns or "label" not in columns:
-                    raise ValueError(f"{self.data_dir}: HF imdb split {split!r} needs columns text, label; "
-                                     f"it has {columns}")
+                    raise ValueError(
+                        f"{self.data_dir}: HF imdb split {split!r} needs columns text, label; "
+                        f"it has {columns}"
+                    )
                 texts = list(splits[split]["text"])
                 labels = [int(v) for v in splits[split]["label"]]
                 raw[split] = ([f"{split}/{i:06d}" for i in range(len(texts))], texts, labels)
@@ -147,7 +151,11 @@ class IMDBDataModule(ZooDataModule):
                     ordered = seeded_order([ids[i] for i in members], self.seed)
                     keep.extend(members[i] for i in ordered[: self.max_per_class])
                 keep.sort()
-                ids, texts, labels = [ids[i] for i in keep], [texts[i] for i in keep], [labels[i] for i in keep]
+                ids, texts, labels = (
+                    [ids[i] for i in keep],
+                    [texts[i] for i in keep],
+                    [labels[i] for i in keep],
+                )
             out[split] = (ids, [clean_imdb_text(t) for t in texts], labels)
         self._splits = out
         return out
@@ -181,8 +189,9 @@ class SSTDataModule(ZooDataModule):
         n_classes: 5 (very negative .. very positive) or 2 (negative, positive; neutral dropped).
         train_phrases: True (the paper): train on all subtrees; False: root sentences only.
         dedup_eval: also deduplicate the dev/test root sentences (default False: keep the published counts).
-        batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size:
-            see :class:`~heinsen_zoo.data.base.ZooDataModule` (the paper: batch 50, 2000 steps per epoch).
+        **loader: the loader arguments (batch_size, num_workers, pin_memory, persistent_workers,
+            steps_per_epoch, seed, eval_batch_size) of :class:`~heinsen_zoo.data.base.ZooDataModule`
+            (the paper: batch 50, 2000 steps per epoch).
 
     Example (tiny trees written by :func:`heinsen_zoo.data.synthetic.write_sst_trees`):
         >>> import tempfile
@@ -193,22 +202,17 @@ class SSTDataModule(ZooDataModule):
         (['negative', 'positive'], True)
     """
 
+    default_batch_size = 50
+
     def __init__(
         self,
         data_dir: str | Path,
         n_classes: int = 5,
         train_phrases: bool = True,
         dedup_eval: bool = False,
-        batch_size: int = 50,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        steps_per_epoch: int | None = None,
-        seed: int = 0,
-        eval_batch_size: int | None = None,
+        **loader: Any,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed,
-                         eval_batch_size)
+        super().__init__(**loader)
         self.save_hyperparameters()
         if n_classes not in (5, 2) or isinstance(n_classes, bool):
             raise ValueError(f"n_classes must be 5 (SST-5) or 2 (SST-2), got {n_classes!r}")
@@ -226,7 +230,8 @@ class SSTDataModule(ZooDataModule):
             if (folder / name).is_file():
                 return folder / name
         raise missing_data_error(
-            "data_dir", self.data_dir,
+            "data_dir",
+            self.data_dir,
             f"{self.data_dir}/trees/{{train,dev,test}}.txt (PTB trees, one per line; or data_dir = the trees "
             f"folder); {name} not found",
         )
