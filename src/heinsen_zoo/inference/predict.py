@@ -31,24 +31,15 @@ from .text import _fit_text, _text_limits, text_tokens
 
 
 def _model_kind(model: nn.Module) -> str:
-    from heinsen_zoo.capsules2019 import SmallNORBClassifier, SSTClassifier
-    from heinsen_zoo.model import RoutingClassifier
+    """``"text"``, ``"vision"`` or ``"norb"``: what the model's family (its zoo architecture record) takes."""
+    from heinsen_zoo.zoo.architectures import architecture_for_model
 
-    if isinstance(model, RoutingClassifier):
-        kind = model.backbone_spec.get("kind")
-        if kind not in ("text", "vision"):
-            raise ValueError(f"model: backbone kind must be 'text' or 'vision', got {kind!r}")
-        return kind
-    if isinstance(model, SmallNORBClassifier):
-        return "norb"
-    if isinstance(model, SSTClassifier):
-        raise ValueError(
-            "model: the 2019 SST capsule models classify GPT-2-large hidden states, not raw text; predict supports "
-            "routing-head models and the 2019 smallNORB model"
+    arch = architecture_for_model(model, bare=False)
+    if arch is None or arch.input_kind is None:
+        raise TypeError(
+            f"model: expected a RoutingClassifier or a SmallNORBClassifier, got {type(model).__name__}"
         )
-    raise TypeError(
-        f"model: expected a RoutingClassifier or a SmallNORBClassifier, got {type(model).__name__}"
-    )
+    return arch.input_kind(model)
 
 
 def _labels(model: nn.Module, n_classes: int, kind: str) -> list[str]:

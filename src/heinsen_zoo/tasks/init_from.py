@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ HEAD_PREFIX = "model.head."
 def read_head_state(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a trained head's state dict (unprefixed keys ``W``, ``B``, ``route.0...``) from ``source``.
 
-    ``source`` is a Lightning ``.ckpt`` of :class:`RoutingClassificationTask` (loaded with
-    ``weights_only=True``), a local export directory or a zoo name (both via
+    ``source`` is a Lightning ``.ckpt`` of :class:`RoutingClassificationTask` (read by the zoo's one reader,
+    :func:`heinsen_zoo.zoo.checkpoints.read_lightning_checkpoint`), a local export directory or a zoo name (both via
     ``heinsen_zoo.zoo.hub.from_pretrained``). Returns ``(head_state, backbone_spec or None)``.
 
     Example:
@@ -38,25 +37,17 @@ def read_head_state(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
     if path.suffix == ".ckpt" or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"init_from: checkpoint file not found: {source}")
+        from heinsen_zoo.zoo.checkpoints import read_lightning_checkpoint  # the zoo's one .ckpt reader
+        from heinsen_zoo.zoo.errors import ZooError
+
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle errors come in many types; name the file and the rule
+            head, config = read_lightning_checkpoint(path)
+        except (ZooError, ValueError) as error:
             raise ValueError(
-                f"init_from: could not load {source} with torch.load(weights_only=True) "
-                f"(corrupt, or not a checkpoint of plain tensors): {error}"
+                f"init_from: could not read {source} as a RoutingClassificationTask checkpoint (loaded with "
+                f"torch.load(weights_only=True)): {error}"
             ) from error
-        state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
-        if not isinstance(state, Mapping):
-            raise ValueError(f"init_from: {source} is not a Lightning checkpoint (no 'state_dict' entry)")
-        head = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
-        if not head:
-            raise ValueError(
-                f"init_from: {source} holds no '{HEAD_PREFIX}*' keys (not a RoutingClassificationTask "
-                f"checkpoint); its first keys are {sorted(state)[:5]}"
-            )
-        hparams = checkpoint.get("hyper_parameters") or {}
-        spec = hparams.get("backbone") if isinstance(hparams, Mapping) else None
-        return head, spec
+        return head, config["backbone"]
     from heinsen_zoo.zoo import hub  # lazy: the registry pulls in safetensors and the zoo index
 
     model = hub.from_pretrained(str(source))

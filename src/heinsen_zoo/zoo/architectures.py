@@ -124,10 +124,10 @@ class Architecture:
         except (ValueError, IndexError, TypeError) as err:
             raise IncompatibleConfigError(f"{self.name}: malformed weights ({err})") from err
 
-    def owns(self, model: Any) -> bool:
-        """True when ``model`` is this family's model (or its bare weights module)."""
+    def owns(self, model: Any, bare: bool = True) -> bool:
+        """True when ``model`` is this family's model (or, with ``bare``, its bare weights module)."""
         classes = [_resolve(self.model_class)]
-        if self.weights_class is not None:
+        if bare and self.weights_class is not None:
             classes.append(_resolve(self.weights_class))
         return isinstance(model, tuple(classes))
 
@@ -169,10 +169,10 @@ def get_architecture(name: Any, source: str = "") -> Architecture:
     )
 
 
-def architecture_for_model(model: Any) -> Architecture | None:
-    """The family ``model`` belongs to (its model class, or its bare weights module), or None."""
+def architecture_for_model(model: Any, bare: bool = True) -> Architecture | None:
+    """The family ``model`` belongs to (its model class, or with ``bare`` its bare weights module), or None."""
     _load_families()
-    return next((arch for arch in _TABLE.values() if arch.owns(model)), None)
+    return next((arch for arch in _TABLE.values() if arch.owns(model, bare)), None)
 
 
 def infer_head_args(architecture: str, state_dict: Mapping[str, Any]) -> dict[str, int]:
