@@ -145,3 +145,32 @@ def test_cuda_backbone_follows_the_head_under_fp16_autocast():
     assert model.head.W.grad is not None and bool(torch.isfinite(model.head.W.grad).all())
     model.cpu()
     assert model({"image": images}).device.type == "cpu"  # the backbone follows the head back
+
+
+def test_encode_applies_the_padding_policy_once_and_forward_is_classify_of_encode():
+    from heinsen_zoo.model import PADDING_MODES, check_padding, encoder_spec
+
+    hidden = torch.randn(2, 4, 3, 32)
+    mask = torch.tensor([[False, False, True, True], [False, False, False, False]])
+    hidden[0, 2:] = 100.0  # padded positions: the masked head must never read them
+    masked, unmasked = make(padding="mask"), make(padding="none")
+    unmasked.load_state_dict(masked.state_dict())
+    h, m = masked.encode({"hidden": hidden, "padding_mask": mask})
+    assert torch.equal(m, mask)
+    logits = masked.classify(h, m)
+    assert torch.equal(logits, masked({"hidden": hidden, "padding_mask": mask}))
+    torch.testing.assert_close(logits[:1], masked({"hidden": hidden[:1, :2]}))  # padding removed
+    h, m = unmasked.encode({"hidden": hidden, "padding_mask": mask})
+    assert m is None  # "none" routes every position: the mask is dropped here, nowhere else
+    routed_all = unmasked({"hidden": hidden, "padding_mask": mask})
+    torch.testing.assert_close(routed_all[1], logits[1])  # no padding: both policies agree
+    assert not torch.allclose(routed_all[0], logits[0])  # the padded positions were routed
+    # the policy's text pad_mode, one definition for the model's backbone and the hidden-state cache
+    text = {"source": "hf", "id": "x", "kind": "text"}
+    assert [encoder_spec(text, p)["pad_mode"] for p in PADDING_MODES] == ["mask", "empty_chunk"]
+    assert encoder_spec({**text, "pad_mode": "mask"}, "none")["pad_mode"] == "mask"
+    assert encoder_spec(SPEC, "none") == SPEC
+    with pytest.raises(ValueError, match=r"padding: expected one of \('mask', 'none'\), got 'zeros'"):
+        make(padding="zeros")
+    with pytest.raises(ValueError, match="model.init_args.padding"):
+        check_padding(None, "model.init_args.padding")
