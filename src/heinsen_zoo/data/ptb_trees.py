@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from heinsen_zoo.labels import SST2_LABELS, SST5_LABELS
+
 __all__ = [
     "SST2_LABELS",
     "SST5_LABELS",
@@ -27,8 +29,6 @@ __all__ = [
     "to_sst2",
 ]
 
-SST5_LABELS = ("very negative", "negative", "neutral", "positive", "very positive")
-SST2_LABELS = ("negative", "positive")
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from heinsen_zoo.labels import CIFAR10_LABELS
+
 __all__ = [
     "CIFAR10_LABEL_NAMES",
     "class_image",
@@ -40,7 +42,7 @@ __all__ = [
     "write_sst_trees",
 ]
 
-CIFAR10_LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_LABEL_NAMES = CIFAR10_LABELS  # the official names, as in batches.meta
 CIFAR100_FINE_NAMES = tuple(f"fine_{i:02d}" for i in range(100))
 CIFAR100_COARSE_NAMES = tuple(f"coarse_{i:02d}" for i in range(20))
 

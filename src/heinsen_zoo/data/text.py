@@ -19,13 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from heinsen_zoo.labels import IMDB_LABELS
+
 from .base import TextDataset, ZooDataModule, check_labels, missing_data_error, seeded_order, stratified_split
 from .hf_local import HF_LAYOUT, has_hf_dataset, load_hf_splits
 from .ptb_trees import SST2_LABELS, SST5_LABELS, dedup_majority, detokenize, read_tree_file, to_sst2
 
 __all__ = ["IMDB_LABELS", "IMDBDataModule", "SSTDataModule", "clean_imdb_text"]
 
-IMDB_LABELS = ("neg", "pos")
 _BR = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
 
 
