@@ -234,3 +234,23 @@ def test_cached_datamodule_caches_once_and_serves_cached_batches(vit, tmp_path, 
     assert memory.cached["test"] is memory.cached["val"] and len(memory.cached["test"]) == 3
     with pytest.raises(ValueError, match="backbone_spec"):
         CachedHiddenStatesDataModule(_ToyDataModule(), None, progress=False).setup("fit")
+
+
+def test_cached_datamodule_uses_the_base_loaders_under_ddp(vit):
+    """The cached loaders are ZooDataModule's: per-device share of the global batch, DDP samplers, loader args."""
+    from types import SimpleNamespace
+
+    from heinsen_zoo.data.sampling import DistributedCyclingSampler, EvalShardSampler
+
+    dm = CachedHiddenStatesDataModule(_ToyDataModule(n_val=3), VIT, batch_size=4, progress=False,
+                                      splits=("train", "val"), eval_batch_size=2)  # fmt: skip
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)  # rank 1 of 2
+    train = dm.train_dataloader()
+    assert train.batch_size == 2 and isinstance(train.sampler, DistributedCyclingSampler)
+    assert sum(len(b["label"]) for b in train) == 3  # half of the 6 training samples
+    val = dm.val_dataloader()
+    assert val.batch_size == 2 and isinstance(val.sampler, EvalShardSampler)
+    assert [i for b in val for i in b["index"].tolist()] == [1]  # rank 1's unpadded shard of 3
+    with pytest.raises(ValueError, match="num_workers"):
+        CachedHiddenStatesDataModule(_ToyDataModule(), VIT, num_workers=-1)

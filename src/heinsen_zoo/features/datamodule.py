@@ -93,6 +93,9 @@ class CachedHiddenStatesDataModule(ZooDataModule):
         progress: show progress bars.
         splits: which splits to cache (default train, val, test — those the raw DataModule provides).
         dataset_id: extra string mixed into every split's identity (e.g. a data version).
+        **loader: the other loader arguments of :class:`~heinsen_zoo.data.base.ZooDataModule` (``num_workers``,
+            ``pin_memory``, ``persistent_workers``, ``eval_batch_size``; ``steps_per_epoch`` and ``seed`` for the
+            training sampler when the raw DataModule has none) for the cached loaders.
 
     Training batches use the raw DataModule's training sampler when it has one (``train_sampler(rank,
     world_size)``, e.g. fixed steps per epoch and DDP sharding), else the base's seeded shuffle. A split whose
@@ -119,6 +122,7 @@ class CachedHiddenStatesDataModule(ZooDataModule):
         progress: bool = True,
         splits: Sequence[str] = ("train", "val", "test"),
         dataset_id: str | None = None,
+        **loader: Any,
     ) -> None:
         if storage not in ("memory", "disk"):
             raise ValueError(f"storage: expected 'memory' or 'disk', got {storage!r}")
@@ -132,7 +136,7 @@ class CachedHiddenStatesDataModule(ZooDataModule):
             if split not in ("train", "val", "test", "predict"):
                 raise ValueError(f"splits: expected names among train/val/test/predict, got {split!r}")
         # the loader arguments and loaders are the base's; batch_size is the global (effective) batch
-        super().__init__(batch_size=batch_size or getattr(datamodule, "batch_size", None) or 32)
+        super().__init__(batch_size=batch_size or getattr(datamodule, "batch_size", None) or 32, **loader)
         self.datamodule = datamodule
         self.backbone_spec = dict(backbone_spec) if backbone_spec is not None else None
         self.storage = storage
