@@ -120,3 +120,31 @@ def test_toy_row_through_the_four_files_runs_its_smoke_chain(tmp_path, monkeypat
     assert "| smoke |" in line
     config = json.loads((results / "smoke" / "toy" / "export" / "config.json").read_text())
     assert config["head"]["n_classes"] == 2
+
+
+@pytest.mark.slow
+def test_a_wheel_install_has_the_configs_and_rows(tmp_path):
+    """`pip install .` (not editable): experiments and rows come from the package data."""
+    import sys
+
+    src = tmp_path / "src"
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, capture_output=True, check=True).stdout
+    src.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w")],
+                   check=True, capture_output=True)  # fmt: skip
+    wheel = next((tmp_path / "w").glob("*.whl"))
+    subprocess.run(
+        [*pip, "install", "-q", "--no-deps", "--target", str(tmp_path / "t"), str(wheel)], check=True
+    )
+    code = (
+        "from heinsen_zoo.cli.experiments import experiment_path; from heinsen_zoo.reproduction.rows import load_rows;"
+        "print(experiment_path('cifar10')); print(load_rows()['cifar10'].source)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "t")},
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    assert out == [
+        str(tmp_path / "t" / "heinsen_zoo" / "configs" / "experiments" / "cifar10.yaml"),
+        str(tmp_path / "t" / "heinsen_zoo" / "configs" / "rows.yaml"),
+    ]
