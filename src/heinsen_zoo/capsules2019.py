@@ -328,6 +328,7 @@ register_architecture(
         build_kwargs=_head_only,
         inputs="stereo image pairs [..., 2, 96, 96], pixel values in [0, 1]",
         input_kind=_norb_kind,
+        task="image-classification",
     )
 )
 register_architecture(
@@ -341,6 +342,7 @@ register_architecture(
         build_kwargs=_head_only,
         inputs="token mask [..., n_tok] and GPT-2-large hidden states [..., n_tok, 37, 1280]",
         input_kind=_sst_kind,
+        task="text-classification",
     )
 )
 

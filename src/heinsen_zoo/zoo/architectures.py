@@ -69,6 +69,7 @@ class Architecture:
         inputs: what the model takes, in words (model cards, errors).
         input_kind: ``model -> "text" | "vision" | "norb"`` for inference; raises ValueError for a family
             inference does not serve.
+        task: the Hugging Face pipeline task of its model cards, or ``""``: from the backbone's kind.
     """
 
     name: str
@@ -83,6 +84,7 @@ class Architecture:
     needs_backbone: bool = False
     inputs: str = ""
     input_kind: Callable[[Any], str] | None = None
+    task: str = ""
 
     def build(
         self,

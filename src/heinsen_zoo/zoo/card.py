@@ -27,6 +27,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from heinsen_zoo.zoo.architectures import get_architecture
+from heinsen_zoo.zoo.errors import IncompatibleConfigError
+
 __all__ = ["CARD_NAME", "build_model_card", "card_metadata"]
 
 CARD_NAME = "README.md"
@@ -67,10 +70,13 @@ def _percent(key: str, value: float) -> float:
 
 
 def _task_type(config: Mapping[str, Any]) -> str:
+    """The architecture record's task, else the backbone's kind decides."""
+    try:
+        task = get_architecture(config.get("architecture", "routing_head")).task
+    except IncompatibleConfigError:
+        task = ""
     kind = (config.get("backbone") or {}).get("kind")
-    if config.get("architecture") == "capsules2019_smallnorb" or kind == "vision":
-        return "image-classification"
-    return "text-classification"
+    return task or ("image-classification" if kind == "vision" else "text-classification")
 
 
 def card_metadata(
