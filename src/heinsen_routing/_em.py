@@ -118,11 +118,14 @@ def prepare_inputs(
     n_unpadded = None
     if padding_mask is not None:
         padding_mask = check_padding_mask(padding_mask, x)
-    check_inputs_finite(x, padding_mask)
+        if not bool(padding_mask.any()):
+            padding_mask = None  # nothing is padding: the unmasked path, without the masking passes over x
     if padding_mask is not None:
         n_unpadded = unpadded_counts(padding_mask, x)  # [...]
         check_padding_not_empty(padding_mask, n_unpadded)
         x = zero_padding(x, padding_mask)
+    # After zeroing, padded inputs (whatever they held, even NaN) are finite: one reduction checks the rest.
+    check_inputs_finite(x, None)
     return PreparedInputs(x, combine_masks(mask, padding_mask, n_out), n_unpadded)
 
 
