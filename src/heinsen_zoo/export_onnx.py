@@ -167,7 +167,7 @@ def export_onnx(
         model = from_pretrained(model)
     head, model_padding = _head_of(model)
     padding = padding or model_padding
-    from heinsen_zoo.model import check_padding  # the one definition of the padding policies
+    from heinsen_zoo.padding import check_padding  # the one definition of the padding policies
 
     check_padding(padding)
     if not isinstance(opset, int) or opset < 17:

@@ -42,41 +42,9 @@ from torch import nn
 
 from .backbones import FrozenBackbone, build_backbone, check_backbone_spec
 from .heads import RoutingHead
+from .padding import PADDING_MODES, check_padding, encoder_spec
 
 __all__ = ["PADDING_MODES", "RoutingClassifier", "check_padding", "encoder_spec"]
-
-#: The padding policies (the one definition; the task, the zoo entries and the ONNX export check against it).
-PADDING_MODES = ("mask", "none")
-
-
-def check_padding(padding: Any, name: str = "padding") -> str:
-    """``padding`` if it is one of :data:`PADDING_MODES`, else a ValueError naming ``name``.
-
-    Example:
-        >>> check_padding("none")
-        'none'
-        >>> check_padding("pad")
-        Traceback (most recent call last):
-        ...
-        ValueError: padding: expected one of ('mask', 'none'), got 'pad'
-    """
-    if padding not in PADDING_MODES:
-        raise ValueError(f"{name}: expected one of {PADDING_MODES}, got {padding!r}")
-    return padding
-
-
-def encoder_spec(backbone: Mapping[str, Any], padding: str) -> dict[str, Any]:
-    """The backbone spec that is built for ``padding``: a text spec without ``pad_mode`` gets ``"mask"``
-    for ``padding="mask"`` and ``"empty_chunk"`` (the paper) for ``"none"``; other specs are unchanged.
-
-    Example:
-        >>> encoder_spec({"source": "hf", "id": "roberta-large", "kind": "text"}, "none")["pad_mode"]
-        'empty_chunk'
-    """
-    spec = dict(backbone)
-    if spec.get("kind") == "text" and "pad_mode" not in spec:
-        spec["pad_mode"] = "mask" if check_padding(padding) == "mask" else "empty_chunk"
-    return spec
 
 
 class _BackboneHolder:

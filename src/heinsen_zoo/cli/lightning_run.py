@@ -54,7 +54,7 @@ def _link_backbone_to_cache(config: Any) -> None:
     model_backbone = _get(config, "model.init_args.backbone")
     if data_args is not None and "backbone_spec" in data_args and data_args["backbone_spec"] is None:
         if isinstance(model_backbone, dict):
-            from heinsen_zoo.model import encoder_spec  # lazy: torch
+            from heinsen_zoo.padding import encoder_spec
 
             model_backbone = encoder_spec(model_backbone, _get(config, "model.init_args.padding") or "mask")
         data_args["backbone_spec"] = model_backbone

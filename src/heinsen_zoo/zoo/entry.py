@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from heinsen_zoo.labels import named_labels
-from heinsen_zoo.model import PADDING_MODES
+from heinsen_zoo.padding import PADDING_MODES
 from heinsen_zoo.zoo import checksums
 from heinsen_zoo.zoo.architectures import get_architecture
 from heinsen_zoo.zoo.errors import ClassCountMismatchError, IncompatibleConfigError

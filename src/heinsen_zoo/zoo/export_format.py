@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from heinsen_zoo.backbones._resolve import check_spec_from_file
-from heinsen_zoo.model import PADDING_MODES
+from heinsen_zoo.padding import PADDING_MODES
 from heinsen_zoo.zoo import checksums, files
 from heinsen_zoo.zoo.architectures import get_architecture
 from heinsen_zoo.zoo.card import CARD_NAME, build_model_card
