@@ -82,7 +82,7 @@ def test_a_malformed_or_duplicated_row_is_an_error_naming_the_file(tmp_path, mon
         load_rows()
 
 
-def test_toy_row_through_the_four_files_runs_its_smoke_chain(tmp_path, monkeypatch):
+def test_toy_row_through_the_four_files_runs_its_smoke_chain(tmp_path, monkeypatch, capsys):
     """A new dataset + experiment + row: its DataModule, data config, experiment config and row; nothing else."""
     added = sorted(
         p.relative_to(TOY).as_posix() for p in TOY.rglob("*") if p.is_file() and "__pycache__" not in p.parts
@@ -109,6 +109,16 @@ def test_toy_row_through_the_four_files_runs_its_smoke_chain(tmp_path, monkeypat
     assert out.split()[-1] == "toy"
 
     from heinsen_zoo.reproduction.runner import main as runner_main
+
+    # Without SMOKE: nothing to fetch for it, and preflight stops before training (no data, no GPU here).
+    args = ["--rows", "toy", "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "real")]
+    assert runner_main(args) == 2
+    out = capsys.readouterr()
+    assert "data: toy: missing under" in out.out and "no fetcher for it" in out.out
+    assert (
+        "none of ['train.tsv'] found" in out.out or f"{tmp_path / 'data' / 'toy'} does not exist" in out.out
+    )
+    assert "preflight failed: nothing was trained" in out.err
 
     results = tmp_path / "results"
     assert runner_main(["--rows", "toy", "--smoke", "--results-dir", str(results)]) == 0

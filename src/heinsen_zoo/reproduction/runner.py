@@ -264,12 +264,18 @@ def fetch_missing(names: list[str], data_dir: Path, offline: bool) -> None:
     A failed fetch is printed and left to the preflight as well.
     """
     from heinsen_zoo.backbones import is_offline
-    from heinsen_zoo.data.fetch import FetchError, fetch
+    from heinsen_zoo.data.fetch import FetchError, fetch, row_folders
 
     from .preflight import check_data
 
+    fetchable = row_folders()
     for name in names:
         if not check_data(name, data_dir):
+            continue
+        if name not in fetchable:  # e.g. a new row whose dataset has no fetcher in data/fetch.py
+            print(
+                f"data: {name}: missing under {data_dir}, and no fetcher for it: nothing fetched", flush=True
+            )
             continue
         if offline or is_offline():
             print(f"data: {name}: missing under {data_dir}, and offline: nothing fetched", flush=True)
