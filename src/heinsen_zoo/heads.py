@@ -119,10 +119,14 @@ class RoutingHead(nn.Module):
                 φ3 [..., n_hid, n_classes]]`` for credit assignment (heinsen_routing.credit).
         """
         hidden, padding_mask = self._check(hidden, padding_mask)
-        if hidden.dtype != self.W.dtype:
-            hidden = hidden.to(self.W.dtype)
+        if padding_mask is not None and not bool(padding_mask.any()):
+            padding_mask = None  # nothing is padding: no masking passes here or in the routing
+        copied = hidden.dtype != self.W.dtype
+        if copied:
+            hidden = hidden.to(self.W.dtype)  # e.g. an fp16 cache: the one copy, then masked in place
         if padding_mask is not None:
-            hidden = hidden.masked_fill(padding_mask[..., None, None], 0.0)
+            pad = padding_mask[..., None, None]  # [..., n_pos, 1, 1]
+            hidden = hidden.masked_fill_(pad, 0.0) if copied else hidden.masked_fill(pad, 0.0)
         x = self.normalize(hidden) * self.W + self.B  # [..., n_pos, d_depth, d_emb]
         x = x.flatten(-3, -2)  # [..., n_pos * d_depth, d_emb], index = pos * d_depth + depth
         kwargs = {}
