@@ -30,18 +30,7 @@ from heinsen_zoo.zoo.hub import from_pretrained
 SPEC = {"source": "hf", "id": "roberta-large", "revision": "5069d8a", "kind": "text"}
 
 
-@pytest.fixture(autouse=True)
-def isolated_zoo(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HEINSEN_ZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HEINSEN_ZOO_HOME", str(tmp_path / "home"))
-    for var in ("HEINSEN_2022_DIR", "HEINSEN_2019_DIR", "HEINSEN_ZOO_REGISTRY"):
-        monkeypatch.delenv(var, raising=False)
-    registry.list_models()
-    saved = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
+pytestmark = pytest.mark.usefixtures("isolated_zoo")
 
 
 def tiny_head_state(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

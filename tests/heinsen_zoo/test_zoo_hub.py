@@ -28,13 +28,7 @@ PUBLISHED_2019 = SHARED / "checkpoints" / "heinsen2019"
 SPEC = {"source": "hf", "id": "roberta-large", "revision": "5069d8a", "kind": "text", "max_length": 512}
 
 
-@pytest.fixture(autouse=True)
-def isolated_zoo(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HEINSEN_ZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HEINSEN_ZOO_HOME", str(tmp_path / "home"))
-    for var in ("HEINSEN_2022_DIR", "HEINSEN_2019_DIR", "HEINSEN_ZOO_REGISTRY", "HEINSEN_MODEL_DIR"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("isolated_zoo")
 
 
 def tiny_classifier(seed: int = 0, n_classes: int = 4) -> RoutingClassifier:

@@ -38,22 +38,7 @@ ALL_NAMES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def isolated_zoo(tmp_path, monkeypatch):
-    """Offline, a private cache and zoo home, no user registry; the registry is restored afterwards."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HEINSEN_ZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HEINSEN_ZOO_HOME", str(tmp_path / "home"))
-    for var in ("HEINSEN_2022_DIR", "HEINSEN_2019_DIR", "HEINSEN_ZOO_REGISTRY"):
-        monkeypatch.delenv(var, raising=False)
-    list_models()  # make sure the built-ins are registered before the snapshot
-    saved = dict(registry._REGISTRY)
-    loaded = set(registry._USER_FILES_LOADED)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
-    registry._USER_FILES_LOADED.clear()
-    registry._USER_FILES_LOADED.update(loaded)
+pytestmark = pytest.mark.usefixtures("isolated_zoo")
 
 
 def test_list_models_patterns():
