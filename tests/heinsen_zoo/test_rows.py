@@ -92,6 +92,7 @@ def test_toy_row_through_the_four_files_runs_its_smoke_chain(tmp_path, monkeypat
     shutil.copytree(TOY, work)
     for shared in ("trainer", "model"):  # the rest of configs/, unchanged
         (work / "configs" / shared).symlink_to(CONFIGS / shared)
+    monkeypatch.setenv("HEINSEN_ZOO_CACHE", str(tmp_path / "zoo-cache"))  # merged configs land here, not in ~/.cache
     monkeypatch.setenv("HEINSEN_CONFIGS", str(work / "configs"))
     monkeypatch.setenv("HEINSEN_ROWS", str(work / "rows.yaml"))
     monkeypatch.syspath_prepend(str(work))
