@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,18 @@ def export(tmp_path: Path) -> Path:
     return save_pretrained(model, tmp_path / "export", extra_config={"metrics": {"test/acc": 0.5}})
 
 
-def run_records(root: Path) -> bytes:
-    """The bytes of the offline run's record log (protobuf records; names appear verbatim)."""
-    (log,) = root.rglob("offline-run-*/run-*.wandb")
-    return log.read_bytes()
+def run_records(root: Path, *expected: bytes, timeout: float = 20.0) -> bytes:
+    """The bytes of the offline run's record log (protobuf records; names appear verbatim). wandb's service
+    process may still be flushing it after ``run.finish()`` returns: wait (bounded) until every ``expected``
+    byte string is there, then return what the file holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = list(root.rglob("offline-run-*/run-*.wandb"))
+        data = logs[0].read_bytes() if len(logs) == 1 else b""
+        if (len(logs) == 1 and all(e in data for e in expected)) or time.monotonic() > deadline:
+            assert len(logs) == 1, f"expected one offline run log under {root}, found {logs}"
+            return data
+        time.sleep(0.2)
 
 
 def test_export_logged_as_model_artifact_offline(offline):
@@ -50,7 +59,7 @@ def test_export_logged_as_model_artifact_offline(offline):
     assert artifact.metadata["head"] == {"d_depth": 3, "d_emb": 16, "n_classes": 2, "n_hid": 4}
     assert artifact.metadata["backbone"]["revision"] == "5069d8a"
     assert artifact.metadata["metrics"] == {"test/acc": 0.5}
-    records = run_records(offline)
+    records = run_records(offline, b"cifar10-seed-0-head", b"model.safetensors", b"latest")
     assert b"cifar10-seed-0-head" in records and b"model.safetensors" in records and b"latest" in records
 
 
@@ -65,7 +74,7 @@ def test_lightning_wandb_logger_gets_the_artifact(offline):
     finally:
         logger.experiment.finish()
     assert artifact.name.startswith("demo-head")
-    assert b"demo-head" in run_records(offline)
+    assert b"demo-head" in run_records(offline, b"demo-head")
 
 
 def test_corrupt_export_is_not_logged(offline):
@@ -101,5 +110,5 @@ def test_fit_with_wandb_logger_logs_the_exported_head(offline):
     finally:
         logger.experiment.finish()
     assert (offline / "export" / "model.safetensors").is_file()
-    records = run_records(offline)
+    records = run_records(offline, b"tiny-fit-head", b"model.safetensors")
     assert b"tiny-fit-head" in records and b"model.safetensors" in records
