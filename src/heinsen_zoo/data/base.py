@@ -150,6 +150,18 @@ def _check_nonneg_int(name: str, value: object, positive: bool = False) -> int:
     return value
 
 
+def split_source_with_carved_val(split: str, val_fraction: float) -> str:
+    """The split whose dataset ``split`` uses when the paper validates on its test split: val -> test unless a
+    validation split is carved from train (``val_fraction > 0``); predict -> test (shared dataset objects).
+
+    >>> split_source_with_carved_val("val", 0.0), split_source_with_carved_val("val", 0.1)
+    ('test', 'val')
+    """
+    if split == "predict" or (split == "val" and val_fraction == 0):
+        return "test"
+    return split
+
+
 class ZooDataModule(L.LightningDataModule):
     """Base DataModule: the loader arguments (defined here once), loaders, fixed steps per epoch, DDP-aware
     training sampler.

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from .base import ZooDataModule, check_labels, missing_data_error, stratified_split
+from .base import (
+    ZooDataModule,
+    check_labels,
+    missing_data_error,
+    split_source_with_carved_val,
+    stratified_split,
+)
 from .collate import collate_images
 from .hf_local import HF_LAYOUT, has_hf_dataset, load_hf_splits
 from .images import ArrayImageDataset, HFImageDataset, _Subset
@@ -250,9 +256,7 @@ class _CIFARDataModule(ZooDataModule):
 
     def split_source(self, split: str) -> str:
         """val -> test unless ``val_fraction > 0``; predict -> test (shared dataset objects)."""
-        if split == "predict" or (split == "val" and self.val_fraction == 0):
-            return "test"
-        return split
+        return split_source_with_carved_val(split, self.val_fraction)
 
     @property
     def preprocessing(self) -> dict[str, Any]:

@@ -21,7 +21,15 @@ from typing import Any
 
 from heinsen_zoo.labels import IMDB_LABELS
 
-from .base import TextDataset, ZooDataModule, check_labels, missing_data_error, seeded_order, stratified_split
+from .base import (
+    TextDataset,
+    ZooDataModule,
+    check_labels,
+    missing_data_error,
+    seeded_order,
+    split_source_with_carved_val,
+    stratified_split,
+)
 from .hf_local import HF_LAYOUT, has_hf_dataset, load_hf_splits
 from .ptb_trees import SST2_LABELS, SST5_LABELS, dedup_majority, detokenize, read_tree_file, to_sst2
 
@@ -163,9 +171,7 @@ class IMDBDataModule(ZooDataModule):
 
     def split_source(self, split: str) -> str:
         """val -> test unless ``val_fraction > 0``; predict -> test (shared dataset objects)."""
-        if split == "predict" or (split == "val" and self.val_fraction == 0):
-            return "test"
-        return split
+        return split_source_with_carved_val(split, self.val_fraction)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
