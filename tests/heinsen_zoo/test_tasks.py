@@ -304,7 +304,7 @@ def test_kill_and_resume_gives_bit_identical_weights(tmp_path):
 
     def run(root: Path, ckpt_path: str | None = None, crash: bool = False) -> RoutingClassificationTask:
         pl.seed_everything(0)
-        task = _task(mixup_alpha=0.65)
+        task = _task(mixup_alpha=0.65, train_positions=3)  # both augmentations draw from saved generators
         checkpoints = pl.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
         callbacks = [checkpoints, _Crash(epoch=2)] if crash else [checkpoints]
         trainer = _trainer(root, max_epochs=4, enable_checkpointing=True, callbacks=callbacks)
@@ -318,7 +318,7 @@ def test_kill_and_resume_gives_bit_identical_weights(tmp_path):
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 8 and checkpoint["epoch"] == 1  # saved after 2 of 4 epochs
     assert all(k.startswith("model.head.") for k in checkpoint["state_dict"])
-    assert "heinsen_zoo_mixup_state" in checkpoint
+    assert "heinsen_zoo_mixup_state" in checkpoint and "heinsen_zoo_positions_state" in checkpoint
 
     resumed = run(tmp_path / "resumed", ckpt_path=str(last))
     full, again = _head_state(uninterrupted), _head_state(resumed)
@@ -327,7 +327,7 @@ def test_kill_and_resume_gives_bit_identical_weights(tmp_path):
         assert torch.equal(full[key], again[key]), f"{key} differs after resume"
     # and training did something: the weights moved away from their initialisation
     pl.seed_everything(0)
-    initial = _head_state(_task(mixup_alpha=0.65))
+    initial = _head_state(_task(mixup_alpha=0.65, train_positions=3))
     assert any(not torch.equal(initial[k], full[k]) for k in full)
 
 

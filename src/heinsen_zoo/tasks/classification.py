@@ -49,6 +49,7 @@ from .export_head import ExportPretrainedHead
 from .init_from import HEAD_PREFIX, read_head_state
 from .losses import soft_target_cross_entropy
 from .mixup import HiddenStateMixup
+from .positions import PositionSampler
 from .rng import RNG_STATE_KEY, restore_rng_states, rng_states
 
 __all__ = ["ExportPretrainedHead", "RoutingClassificationTask", "read_head_state"]
@@ -56,6 +57,7 @@ __all__ = ["ExportPretrainedHead", "RoutingClassificationTask", "read_head_state
 LAST_ROUTING_PREFIX = "route.2."
 FREEZE_CHOICES = ("none", "all_but_last")
 MIXUP_STATE_KEY = "heinsen_zoo_mixup_state"
+POSITIONS_STATE_KEY = "heinsen_zoo_positions_state"
 
 
 def _metric_name(k: int) -> str:
@@ -84,6 +86,9 @@ class RoutingClassificationTask(pl.LightningModule):
         preprocessing: JSON-able input preprocessing recorded in the export's ``config.json`` (e.g.
             ``heinsen_zoo.data.transforms.preprocessing_config("cifar")``); None = the datamodule's
             ``preprocessing`` attribute at export time, if it has one.
+        train_positions: route a random subset of this many positions per example in each training step
+            (:mod:`heinsen_zoo.tasks.positions`; an augmentation that divides the head's training cost by
+            ~``n_pos / train_positions``); None = every position. Evaluation always routes every position.
 
     Example:
         >>> spec = {"source": "timm", "id": "vit_tiny_patch16_224", "revision": None, "kind": "vision",
@@ -111,6 +116,7 @@ class RoutingClassificationTask(pl.LightningModule):
         replace_last: bool = False,
         export_dir: str | None = None,
         preprocessing: dict | None = None,
+        train_positions: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, Mapping):
@@ -150,6 +156,8 @@ class RoutingClassificationTask(pl.LightningModule):
         # One mixing-ratio generator, seeded from torch's seed (seed_everything makes runs reproducible);
         # its state is saved in checkpoints so a resumed run draws the same ratios.
         self.mixup = HiddenStateMixup(mixup_alpha, seed=torch.initial_seed())
+        # Its own generator too (a different stream), saved in checkpoints like the mixup generator's.
+        self.position_sampler = PositionSampler(train_positions, seed=torch.initial_seed() + 1)
         self.reinitialized_keys: list[str] = []
         self._head_initialized = init_from is None
         self._apply_freeze()
@@ -292,6 +300,7 @@ class RoutingClassificationTask(pl.LightningModule):
         labels = self._labels(batch, "training")
         with torch.no_grad():  # the padding policy is the model's (encode); mixup keeps what the head sees
             hidden, padding_mask = self.model.encode(batch)  # [B, n_pos, d_depth, d_emb], [B, n_pos] or None
+            hidden, padding_mask = self.position_sampler(hidden, padding_mask)  # [B, k, ...] when enabled
         targets = F.one_hot(labels, self.hparams.n_classes).to(torch.float32)  # [B, n_classes]
         if self.mixup.enabled:
             hidden, padding_mask, targets = self.mixup(hidden, padding_mask, targets)
@@ -378,6 +387,7 @@ class RoutingClassificationTask(pl.LightningModule):
                 f"on_save_checkpoint: no '{HEAD_PREFIX}*' keys in the state dict {sorted(state)[:5]}"
             )
         checkpoint[MIXUP_STATE_KEY] = self.mixup.state_dict()
+        checkpoint[POSITIONS_STATE_KEY] = self.position_sampler.state_dict()
         checkpoint[RNG_STATE_KEY] = rng_states()  # augmentations draw from them: exact resume
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -390,6 +400,8 @@ class RoutingClassificationTask(pl.LightningModule):
             )
         if MIXUP_STATE_KEY in checkpoint:
             self.mixup.load_state_dict(checkpoint[MIXUP_STATE_KEY])
+        if POSITIONS_STATE_KEY in checkpoint:
+            self.position_sampler.load_state_dict(checkpoint[POSITIONS_STATE_KEY])
         if RNG_STATE_KEY in checkpoint:
             restore_rng_states(checkpoint[RNG_STATE_KEY])
         self._head_initialized = True  # resumed weights win over init_from
