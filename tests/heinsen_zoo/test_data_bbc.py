@@ -117,3 +117,17 @@ def test_tiny_three_way_split_keeps_every_split_or_says_why():
     assert {name: len(ids) for name, ids in tiny.split_ids.items()} == {"train": 5, "val": 5, "test": 5}
     with pytest.raises(ValueError, match="max_per_class: topic 'business' has 2 articles"):
         _ = BBCNewsDataModule(max_per_class=2, val_fraction=0.15, test_fraction=0.2).split_ids
+
+
+def test_cache_identity_ignores_loader_only_arguments_but_not_the_split_seed():
+    """Changing steps_per_epoch or the batch must reuse the hidden-state cache; another seed is other data."""
+    from heinsen_zoo.features import dataset_identity
+
+    def identity(**kwargs):
+        dm = BBCNewsDataModule(max_per_class=5, val_fraction=0.2, test_fraction=0.2, **kwargs)
+        dm.setup("fit")
+        return dataset_identity(dm, "train", dm.train_dataset)
+
+    base = identity()
+    assert identity(batch_size=7, steps_per_epoch=3, eval_batch_size=2, num_workers=0) == base
+    assert identity(seed=1) != base

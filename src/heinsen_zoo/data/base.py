@@ -184,6 +184,11 @@ class ZooDataModule(L.LightningDataModule):
 
     collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = staticmethod(collate_text)
     default_batch_size: int = 32
+    # The loader arguments that never change which examples a split holds or their content (``seed`` can:
+    # subclasses that split draw their splits from it). Hidden-state caches leave them out of their key.
+    DATA_NEUTRAL_ARGS: tuple[str, ...] = (
+        "batch_size", "num_workers", "pin_memory", "persistent_workers", "steps_per_epoch", "eval_batch_size",
+    )  # fmt: skip
 
     def __init__(
         self,

@@ -57,8 +57,8 @@ def dataset_identity(datamodule: Any, split: str, dataset: Any) -> str:
     hparams = dict(getattr(datamodule, "hparams", {}) or {})
     if not hparams:
         hparams = {k: v for k, v in vars(datamodule).items() if not k.startswith("_")}
-    # loader settings do not change the data
-    for key in ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers"):
+    # loader settings do not change the data (ZooDataModule.DATA_NEUTRAL_ARGS)
+    for key in getattr(datamodule, "DATA_NEUTRAL_ARGS", ZooDataModule.DATA_NEUTRAL_ARGS):
         hparams.pop(key, None)
     plain = {
         k: _plain(v)
