@@ -53,6 +53,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, default=None, help="override the config's epochs")
     p.add_argument("--max-length", type=int, default=None, help="override the config's tokens per article")
     p.add_argument(
+        "--train-positions",
+        type=int,
+        default=None,
+        help="override the config's positions routed per article in a training step (a random subset; "
+        "validation and test route all)",
+    )
+    p.add_argument(
         "--backbone-dtype",
         choices=["float32", "bfloat16"],
         default=None,
@@ -64,7 +71,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", choices=["memory", "disk"], default="disk", help="hidden-state cache storage")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     args = p.parse_args(argv)
-    for name in ("max_epochs", "max_length", "max_per_class"):
+    for name in ("max_epochs", "max_length", "train_positions", "max_per_class"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')}: expected a positive int, got {value}")
@@ -104,6 +111,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides += ["--trainer.enable_progress_bar", "false", "--data.init_args.progress", "false"]
     if args.max_epochs is not None:
         overrides += ["--trainer.max_epochs", str(args.max_epochs)]
+    if args.train_positions is not None:
+        overrides += ["--model.init_args.train_positions", str(args.train_positions)]
     if args.max_per_class is not None:
         overrides += ["--data.init_args.datamodule.init_args.max_per_class", str(args.max_per_class)]
     return overrides
@@ -206,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     info = explain_one_article(task, dm, credit)
 
     print("\n" + results_table(rows))
-    budget = f"Epochs ({trainer.current_epoch}) and token budget ({spec.get('max_length')})"
-    if args.max_epochs or args.max_length:
+    positions = task.hparams.get("train_positions")
+    budget = (
+        f"Epochs ({trainer.current_epoch}), token budget ({spec.get('max_length')}) and positions routed per "
+        f"article in a training step ({positions or 'all'}; a random subset, validation and test route all)"
+    )
+    if args.max_epochs or args.max_length or args.train_positions:
         chosen = "were set on the command line"
-    elif (trainer.max_epochs, spec.get("max_length")) == tuple(VALIDATED_BUDGET.values()):
+    elif (trainer.max_epochs, spec.get("max_length"), positions) == tuple(VALIDATED_BUDGET.values()):
         chosen = f"were chosen on validation ({BUDGET_STUDY})"
     else:
         chosen = f"are the config's, not those chosen on validation ({VALIDATED_BUDGET}; README)"
