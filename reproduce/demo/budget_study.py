@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ def load_split(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def load_train_val(out: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The demo's train and validation splits from its cache under ``out`` (computed there if missing)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
     from heinsen_zoo.cli import build_experiment
     from heinsen_zoo.demo.run import _overrides, _parse
 
