@@ -58,7 +58,7 @@ def dataset_identity(datamodule: Any, split: str, dataset: Any) -> str:
     if not hparams:
         hparams = {k: v for k, v in vars(datamodule).items() if not k.startswith("_")}
     # loader settings do not change the data (ZooDataModule.DATA_NEUTRAL_ARGS)
-    for key in getattr(datamodule, "DATA_NEUTRAL_ARGS", ZooDataModule.DATA_NEUTRAL_ARGS):
+    for key in ZooDataModule.DATA_NEUTRAL_ARGS:
         hparams.pop(key, None)
     plain = {
         k: _plain(v)

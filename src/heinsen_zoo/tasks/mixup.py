@@ -30,6 +30,8 @@ import torch
 
 from heinsen_routing.validation import check_bool_mask, check_floating, check_rank
 
+from .rng import SeededGenerator
+
 __all__ = ["PARTNER_SHIFT", "HiddenStateMixup", "mixup", "sample_mix_ratio"]
 
 PARTNER_SHIFT = -1  # torch.roll shift: the partner of example i is example i + 1 (SPEC §5)
@@ -187,11 +189,9 @@ def _mix(
     return mixed, mixed_mask, soft
 
 
-class HiddenStateMixup:
-    """Stateful hidden-state mixup: ``alpha`` plus its own seeded CPU generator.
-
-    The generator state round-trips through :meth:`state_dict` / :meth:`load_state_dict` (a uint8 tensor,
-    safe for ``torch.load(weights_only=True)``), so a resumed run draws the same ratios as an uninterrupted one.
+class HiddenStateMixup(SeededGenerator):
+    """Stateful hidden-state mixup: ``alpha`` plus its own seeded CPU generator (:class:`.rng.SeededGenerator`:
+    ``state_dict`` / ``load_state_dict``, so a resumed run draws the same ratios as an uninterrupted one).
 
     Example:
         >>> mix = HiddenStateMixup(alpha=0.65, seed=0)
@@ -204,9 +204,8 @@ class HiddenStateMixup:
     """
 
     def __init__(self, alpha: float | None, seed: int = 0) -> None:
+        super().__init__(seed)
         self.alpha = _check_alpha(alpha)
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(int(seed))
 
     @property
     def enabled(self) -> bool:
@@ -218,20 +217,3 @@ class HiddenStateMixup:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Mix one batch (see :func:`mixup`)."""
         return mixup(hidden, padding_mask, targets_onehot, self.alpha, self.generator)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The generator state, as ``{"generator_state": uint8 tensor}``."""
-        return {"generator_state": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the generator state saved by :meth:`state_dict`."""
-        if not isinstance(state, dict) or "generator_state" not in state:
-            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state: expected a dict with key 'generator_state', got {keys}")
-        value = state["generator_state"]
-        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
-            raise TypeError(
-                f"state['generator_state']: expected a torch.uint8 tensor, got "
-                f"{getattr(value, 'dtype', type(value).__name__)}"
-            )
-        self.generator.set_state(value.cpu())

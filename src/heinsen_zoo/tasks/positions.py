@@ -28,6 +28,8 @@ import torch
 
 from heinsen_routing.validation import check_bool_mask, check_rank
 
+from .rng import SeededGenerator
+
 __all__ = ["PositionSampler", "sample_positions"]
 
 
@@ -79,11 +81,9 @@ def sample_positions(
     return hidden[rows, keep], kept_mask
 
 
-class PositionSampler:
-    """Stateful :func:`sample_positions`: ``k`` plus its own seeded CPU generator.
-
-    The generator state round-trips through :meth:`state_dict` / :meth:`load_state_dict` (a uint8 tensor,
-    safe for ``torch.load(weights_only=True)``), so a resumed run draws the same subsets.
+class PositionSampler(SeededGenerator):
+    """Stateful :func:`sample_positions`: ``k`` plus its own seeded CPU generator (:class:`.rng.SeededGenerator`:
+    ``state_dict`` / ``load_state_dict``, so a resumed run draws the same subsets).
 
     Example:
         >>> sampler = PositionSampler(2, seed=0)
@@ -96,9 +96,8 @@ class PositionSampler:
     """
 
     def __init__(self, k: int | None, seed: int = 0) -> None:
+        super().__init__(seed)
         self.k = _check_k(k)
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(int(seed))
 
     @property
     def enabled(self) -> bool:
@@ -112,17 +111,3 @@ class PositionSampler:
         if not self.enabled:
             return hidden, padding_mask
         return sample_positions(hidden, padding_mask, self.k, self.generator)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The generator state, as ``{"generator_state": uint8 tensor}``."""
-        return {"generator_state": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore the generator state saved by :meth:`state_dict`."""
-        value = state.get("generator_state") if isinstance(state, dict) else None
-        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
-            raise ValueError(
-                f"state: expected {{'generator_state': torch.uint8 tensor}}, got "
-                f"{sorted(state) if isinstance(state, dict) else type(state).__name__}"
-            )
-        self.generator.set_state(value.cpu())

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RNG_STATE_KEY", "restore_rng_states", "rng_states"]
+__all__ = ["RNG_STATE_KEY", "SeededGenerator", "restore_rng_states", "rng_states"]
 
 RNG_STATE_KEY = "heinsen_zoo_rng_states"
 
@@ -61,3 +61,39 @@ def restore_rng_states(states: Any) -> None:
     cuda = states.get("cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+class SeededGenerator:
+    """Base of the stateful augmentations: their own seeded CPU generator, whose state round-trips through
+    :meth:`state_dict` / :meth:`load_state_dict` (a uint8 tensor, safe for ``torch.load(weights_only=True)``), so
+    a resumed run draws what an uninterrupted one would.
+
+    Example:
+        >>> draws = SeededGenerator(seed=0)
+        >>> state = draws.state_dict()
+        >>> a = torch.rand(2, generator=draws.generator)
+        >>> draws.load_state_dict(state)
+        >>> bool(torch.equal(a, torch.rand(2, generator=draws.generator)))
+        True
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(int(seed))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator state, as ``{"generator_state": uint8 tensor}``."""
+        return {"generator_state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the generator state saved by :meth:`state_dict`."""
+        if not isinstance(state, dict) or "generator_state" not in state:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected a dict with key 'generator_state', got {keys}")
+        value = state["generator_state"]
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
+            raise TypeError(
+                f"state['generator_state']: expected a torch.uint8 tensor, got "
+                f"{getattr(value, 'dtype', type(value).__name__)}"
+            )
+        self.generator.set_state(value.cpu())
