@@ -2,8 +2,10 @@
 
 How the recipe of ``configs/experiments/bbc_minilm_demo.yaml`` (epochs, batch, positions per training step) was
 chosen (README, "make demo"). A plain PyTorch loop over the demo's hidden-state cache, with the demo's head
-(RoutingHead over all 7 hidden states), optimizer (RAdam, one-cycle, pct_start 0.3), hidden-state mixup
-(Beta(0.65, 0.65) per example, partner i + 1) and random position subsets per training step. It reads the
+(RoutingHead over all 7 hidden states) and optimizer (RAdam, one-cycle, pct_start 0.3), and its own copies of
+hidden-state mixup (Beta(0.65, 0.65) per example, partner i + 1) and of the random position subsets per training
+step, kept as they were when the README's numbers were measured (so that they reproduce): unlike the task's
+``heinsen_zoo.tasks.positions``, positions are drawn among all 256, padded ones included. It reads the
 **train and validation splits only**: the test split is never loaded. Its random streams differ from the
 Lightning run's (``make demo``), so the same recipe lands on a different head; the study compares recipes.
 
