@@ -29,14 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-N_POS = 256  # the demo's token budget (configs/model/minilm_l6.yaml)
 
-
-def load_split(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A cached split as (hidden fp16 [n, 256, 7, 384], padding_mask [n, 256], labels [n]), padded to 256."""
+def load_split(dataset, n_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A cached split as (hidden fp16 [n, n_pos, 7, 384], padding_mask [n, n_pos], labels [n]), padded to n_pos."""
     first = dataset[0]["hidden"]
-    hidden = torch.zeros(len(dataset), N_POS, *first.shape[1:], dtype=first.dtype)
-    mask = torch.ones(len(dataset), N_POS, dtype=torch.bool)
+    hidden = torch.zeros(len(dataset), n_pos, *first.shape[1:], dtype=first.dtype)
+    mask = torch.ones(len(dataset), n_pos, dtype=torch.bool)
     labels = torch.empty(len(dataset), dtype=torch.long)
     for i in range(len(dataset)):
         item = dataset[i]
@@ -45,20 +43,23 @@ def load_split(dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return hidden, mask, labels
 
 
-def load_train_val(out: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The demo's train and validation splits from its cache under ``out`` (computed there if missing)."""
+def load_train_val(out: Path, max_length: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The demo's train and validation splits at ``max_length`` tokens from its cache under ``out`` (computed
+    there if missing)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
     from heinsen_zoo.cli import build_experiment
     from heinsen_zoo.demo.run import _overrides, _parse
 
     cli = build_experiment(
-        "bbc_minilm_demo", _overrides(_parse(["--out", str(out), "--no-progress"])), logger="csv"
+        "bbc_minilm_demo",
+        _overrides(_parse(["--out", str(out), "--max-length", str(max_length), "--no-progress"])),
+        logger="csv",
     )
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")  # train + validation only
-    return {split: load_split(dm.cached[split]) for split in ("train", "val")}
+    return {split: load_split(dm.cached[split], max_length) for split in ("train", "val")}
 
 
 def main() -> None:
@@ -66,7 +67,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="the demo's run folder (its cache)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--max-length", type=int, default=256, help="tokens per article (the demo's cache at that length)"
+    )
     p.add_argument("--train-positions", type=int, default=0, help="positions per article per step (0 = all)")
+    p.add_argument(
+        "--draw",
+        choices=["all", "unpadded"],
+        default="all",
+        help="positions drawn among all (padding included, as measured for the 256-token study) or among "
+        "unpadded ones first (the task's heinsen_zoo.tasks.positions.sample_positions)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct-start", type=float, default=0.3)
     p.add_argument("--mixup-alpha", type=float, default=0.65)
@@ -80,8 +91,9 @@ def main() -> None:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from heinsen_zoo.heads import RoutingHead
+    from heinsen_zoo.tasks.positions import sample_positions
 
-    splits = load_train_val(a.out)
+    splits = load_train_val(a.out, a.max_length)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -116,9 +128,11 @@ def main() -> None:
         for s in range(steps_per_epoch):
             idx = perm[s * a.batch_size : (s + 1) * a.batch_size]
             h, m, y = htr[idx], mtr[idx], ytr[idx]
-            if a.train_positions:  # a random subset of positions per article, in order
+            if a.train_positions and a.draw == "unpadded":
+                h, m = sample_positions(h, m, a.train_positions, g)
+            elif a.train_positions:  # a random subset of positions per article, in order
                 pos = (
-                    torch.rand(len(idx), N_POS, generator=g)
+                    torch.rand(len(idx), a.max_length, generator=g)
                     .argsort(-1)[:, : a.train_positions]
                     .sort(-1)
                     .values

@@ -334,7 +334,7 @@ def _entry_demo() -> ModelEntry:
         architecture="routing_head",
         head={"d_depth": 7, "d_emb": 384, "n_classes": 5, "n_hid": 64},
         backbone=dict(MINILM_L6),
-        preprocessing=Preprocessing(max_length=256, chunking="truncate", max_chunks=1, pad_mode="mask"),
+        preprocessing=Preprocessing(max_length=512, chunking="truncate", max_chunks=1, pad_mode="mask"),
         labels=BBC_LABELS,
         padding="mask",
         weights=(
