@@ -4,14 +4,19 @@ How the recipe of ``configs/experiments/bbc_minilm_demo.yaml`` (epochs, batch, p
 chosen (README, "make demo"). A plain PyTorch loop over the demo's hidden-state cache, with the demo's head
 (RoutingHead over all 7 hidden states) and optimizer (RAdam, one-cycle, pct_start 0.3), and its own copies of
 hidden-state mixup (Beta(0.65, 0.65) per example, partner i + 1) and of the random position subsets per training
-step, kept as they were when the README's numbers were measured (so that they reproduce): unlike the task's
-``heinsen_zoo.tasks.positions``, positions are drawn among all 256, padded ones included. It reads the
-**train and validation splits only**: the test split is never loaded. Its random streams differ from the
-Lightning run's (``make demo``), so the same recipe lands on a different head; the study compares recipes.
+step. Positions are drawn either as the task draws them (``--draw unpadded``:
+``heinsen_zoo.tasks.positions.sample_positions``, unpadded positions first) or as they were drawn when the
+256-token rows of the README were measured (``--draw all``, the default, so that those rows reproduce: among all
+positions, padded ones included). It reads the **train and validation splits only**: the test split is never
+loaded. Its random streams differ from the Lightning run's (``make demo``), so the same recipe lands on a
+different head; the study compares recipes. The splits are held densely padded in memory: 2 chunks of 512
+tokens take ~10 GB, so run those one at a time on a 24 GB machine.
 
-Usage (after ``make demo`` has written the cache under ``runs/demo/cache``; ~10 min per run on 1 core)::
+Usage (the cache is computed under ``--out`` on first use; ~7-9 min per run on 1 core)::
 
-    .venv/bin/python reproduce/demo/budget_study.py --epochs 10 --batch-size 16 --train-positions 128 --threads 1
+    .venv/bin/python reproduce/demo/budget_study.py --max-length 512 --epochs 10 --batch-size 16 \
+        --train-positions 128 --draw unpadded --threads 1 --seed 0       # the demo's recipe
+    .venv/bin/python reproduce/demo/budget_study.py --batch-size 16 --train-positions 128 --threads 1  # 256 tokens
 
 Prints the validation accuracy after every epoch and a final ``RESULT {json}`` line.
 """
@@ -43,9 +48,11 @@ def load_split(dataset, n_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return hidden, mask, labels
 
 
-def load_train_val(out: Path, max_length: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The demo's train and validation splits at ``max_length`` tokens from its cache under ``out`` (computed
-    there if missing)."""
+def load_train_val(
+    out: Path, max_length: int, max_chunks: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The demo's train and validation splits at ``max_chunks`` chunks of ``max_length`` tokens from its cache
+    under ``out`` (computed there if missing)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
     from heinsen_zoo.cli import build_experiment
@@ -53,13 +60,25 @@ def load_train_val(out: Path, max_length: int) -> dict[str, tuple[torch.Tensor, 
 
     cli = build_experiment(
         "bbc_minilm_demo",
-        _overrides(_parse(["--out", str(out), "--max-length", str(max_length), "--no-progress"])),
+        _overrides(
+            _parse(
+                [
+                    "--out",
+                    str(out),
+                    "--max-length",
+                    str(max_length),
+                    "--max-chunks",
+                    str(max_chunks),
+                    "--no-progress",
+                ]
+            )
+        ),
         logger="csv",
     )
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")  # train + validation only
-    return {split: load_split(dm.cached[split], max_length) for split in ("train", "val")}
+    return {split: load_split(dm.cached[split], max_length * max_chunks) for split in ("train", "val")}
 
 
 def main() -> None:
@@ -70,6 +89,7 @@ def main() -> None:
     p.add_argument(
         "--max-length", type=int, default=256, help="tokens per article (the demo's cache at that length)"
     )
+    p.add_argument("--max-chunks", type=int, default=1, help="chunks of max-length tokens per article")
     p.add_argument("--train-positions", type=int, default=0, help="positions per article per step (0 = all)")
     p.add_argument(
         "--draw",
@@ -93,7 +113,7 @@ def main() -> None:
     from heinsen_zoo.heads import RoutingHead
     from heinsen_zoo.tasks.positions import sample_positions
 
-    splits = load_train_val(a.out, a.max_length)
+    splits = load_train_val(a.out, a.max_length, a.max_chunks)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -132,7 +152,7 @@ def main() -> None:
                 h, m = sample_positions(h, m, a.train_positions, g)
             elif a.train_positions:  # a random subset of positions per article, in order
                 pos = (
-                    torch.rand(len(idx), a.max_length, generator=g)
+                    torch.rand(len(idx), h.shape[1], generator=g)
                     .argsort(-1)[:, : a.train_positions]
                     .sort(-1)
                     .values

