@@ -5,6 +5,7 @@ Modules, from the bottom of the import graph up (each imports only those above i
 * :mod:`~heinsen_zoo.zoo.errors` — the error types; :mod:`~heinsen_zoo.zoo.checksums` — SHA-256, the lock file;
   :mod:`~heinsen_zoo.zoo.files` — safetensors and atomic directories; :mod:`~heinsen_zoo.zoo.paths` — zoo home,
   shared folder, cache, offline mode; :mod:`~heinsen_zoo.zoo.card` — model-card text;
+  :mod:`~heinsen_zoo.zoo.torch_sizes` — the storage sizes a torch file declares, checked against the file;
 * :mod:`~heinsen_zoo.zoo.architectures` — one record per model family (registered by the family's module);
 * :mod:`~heinsen_zoo.zoo.fetch` — verified URL downloads and the hub fetcher;
 * :mod:`~heinsen_zoo.zoo.entry` — ``ModelEntry`` and its parts; :mod:`~heinsen_zoo.zoo.entries` — the built-ins;

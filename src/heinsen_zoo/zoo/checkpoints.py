@@ -51,6 +51,7 @@ from heinsen_zoo.zoo.errors import (
     UnsafeCheckpointError,
 )
 from heinsen_zoo.zoo.export_format import check_state_dict, validate_config, write_export
+from heinsen_zoo.zoo.torch_sizes import check_declared_storage
 
 __all__ = [
     "detect_architecture",
@@ -77,6 +78,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_declared_storage(path)  # sizes declared by the pickle fit in the file, before torch allocates them
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
