@@ -26,7 +26,15 @@ from .masks import (
     unpadded_counts,
     zero_padding,
 )
-from .validation import autocast_enabled, check_dim, check_floating, check_like, check_nonempty, check_rank
+from .validation import (
+    autocast_enabled,
+    check_dim,
+    check_floating,
+    check_like,
+    check_nonempty,
+    check_rank,
+    is_compiling,
+)
 
 DICT_KEYS = ("a_inp", "V", "pred_x_inp", "S", "R", "D_use", "D_ign", "phi", "x_out")
 
@@ -118,7 +126,7 @@ def prepare_inputs(
     n_unpadded = None
     if padding_mask is not None:
         padding_mask = check_padding_mask(padding_mask, x)
-        if not bool(padding_mask.any()):
+        if not is_compiling() and not bool(padding_mask.any()):  # (compiled graphs keep the masked path)
             padding_mask = None  # nothing is padding: the unmasked path, without the masking passes over x
     if padding_mask is not None:
         n_unpadded = unpadded_counts(padding_mask, x)  # [...]

@@ -34,9 +34,14 @@ def set_checks_enabled(enabled: bool) -> None:
 
 
 def is_compiling() -> bool:
-    """True while torch.compile traces the code."""
+    """True while torch.compile or torch.export (e.g. for ONNX) traces the code: data-dependent Python
+    branches (``if tensor.any()``) must not run then."""
     compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    if compiler is None:
+        return False
+    compiling = hasattr(compiler, "is_compiling") and compiler.is_compiling()
+    exporting = hasattr(compiler, "is_exporting") and compiler.is_exporting()
+    return bool(compiling or exporting)
 
 
 def autocast_enabled(device_type: str) -> bool:
