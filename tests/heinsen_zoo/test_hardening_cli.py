@@ -189,6 +189,23 @@ def test_infer_cost_is_bounded_and_truncation_reported(tiny_text_export, tmp_pat
     assert any(line.startswith("note: input 'text[0]: the quick") for line in out.err.splitlines())
 
 
+def test_infer_on_long_error_refuses_long_texts(tiny_text_export, capsys):
+    from heinsen_zoo.inference import predict
+    from heinsen_zoo.zoo.hub import from_pretrained
+
+    model = from_pretrained(tiny_text_export)
+    words = "the quick brown fox jumps over the lazy dog " * 200  # > 2 chunks of 32 tokens
+    with pytest.raises(ValueError, match=r"input 'text\[1\]: the quick.*only the first 2 used.*on_long='error'"):
+        predict(model, ["short text", words], max_chunks=2, on_long="error")
+    assert predict(model, ["short text"], max_chunks=2, on_long="error")[0].note is None  # short texts pass
+    with pytest.raises(ValueError, match="on_long: expected 'truncate' or 'error', got 'drop'"):
+        predict(model, ["short text"], on_long="drop")
+    rc = main(["infer", str(tiny_text_export), words, "--max-chunks", "2", "--on-long", "error"])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: input 'text[0]: the quick") and "only the first 2 used (max_chunks)" in line
+
+
 def test_imdb_entry_bounds_its_inputs():
     from heinsen_zoo.zoo.registry import get_entry
 

@@ -48,6 +48,13 @@ def _zoo_parser() -> argparse.ArgumentParser:
         default=None,
         help="text: characters read per input (default: what max-chunks chunks can hold)",
     )
+    p_infer.add_argument(
+        "--on-long",
+        choices=["truncate", "error"],
+        default="truncate",
+        help="text longer than max-chunks/max-chars: predict its first chunks and say so (default), or stop with "
+        "an error",
+    )
     p_convert = sub.add_parser(
         "convert",
         help="convert checkpoints into the export format (original | lightning | verify)",
@@ -115,7 +122,7 @@ def run_zoo(argv: list[str]) -> int:
                 predictions = predict(
                     model, args.inputs, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
                     explain_dir=args.explain, force_text=args.text, max_chunks=args.max_chunks,
-                    max_chars=args.max_chars,
+                    max_chars=args.max_chars, on_long=args.on_long,
                 )  # fmt: skip
             for warning in caught:
                 if issubclass(warning.category, InputTruncatedWarning):

@@ -97,6 +97,7 @@ def predict(
     progress: bool | None = None,
     max_chunks: int | None = None,
     max_chars: int | None = None,
+    on_long: str = "truncate",
 ) -> list[Prediction]:
     """Top-k predictions of ``model`` for ``inputs`` (see the module docstring for what inputs may be).
 
@@ -114,11 +115,16 @@ def predict(
         max_chars: text models: characters read per text (files are read no further); default what
             ``max_chunks`` chunks can hold. Truncations are reported (:class:`InputTruncatedWarning`, and
             ``Prediction.note``).
+        on_long: text models: what a text over those limits gets: ``"truncate"`` (its first chunks are
+            predicted, the truncation reported) or ``"error"`` (ValueError naming the input; for pipelines
+            that must score whole texts).
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k: expected an int >= 1, got {top_k!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if on_long not in ("truncate", "error"):
+        raise ValueError(f"on_long: expected 'truncate' or 'error', got {on_long!r}")
     device = _device(device)
     if isinstance(model, (str, os.PathLike)):
         from heinsen_zoo.zoo.hub import from_pretrained
@@ -178,7 +184,7 @@ def predict(
         backbone.max_chunks = max_chunks if saved_chunks is None else min(saved_chunks, max_chunks)
     try:
         return _predict_batches(model, items, kind, labels, k, batch_size, device, progress, explain_path,
-                                transform, params, text_cleanup, max_chars)  # fmt: skip
+                                transform, params, text_cleanup, max_chars, on_long)  # fmt: skip
     finally:
         if backbone is not None:
             backbone.max_chunks = saved_chunks
@@ -187,7 +193,7 @@ def predict(
 def _predict_batches(
     model: nn.Module, items: list[_Item], kind: str, labels: list[str], k: int, batch_size: int,
     device: torch.device, progress: bool | None, explain_path: Path | None, transform: Any, params: Any,
-    text_cleanup: tuple[str, ...], max_chars: int | None,
+    text_cleanup: tuple[str, ...], max_chars: int | None, on_long: str = "truncate",
 ) -> list[Prediction]:  # fmt: skip
     """The batched forward passes of :func:`predict` (inputs read lazily, one batch at a time)."""
 
@@ -216,6 +222,11 @@ def _predict_batches(
                     for j, text in enumerate(texts):
                         texts[j], note = _fit_text(model.backbone, text, model.backbone.max_chunks, max_chars)
                         notes.append(note)
+                        if note and on_long == "error":
+                            raise ValueError(
+                                f"input {batch[j].input_id!r} is longer than the model reads: {note}; nothing was "
+                                "predicted (on_long='error': raise max_chunks / max_chars, or truncate)"
+                            )
                         if note:
                             warnings.warn(
                                 f"input {batch[j].input_id!r}: {note}", InputTruncatedWarning, stacklevel=3
