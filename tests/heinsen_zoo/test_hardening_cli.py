@@ -195,7 +195,9 @@ def test_infer_on_long_error_refuses_long_texts(tiny_text_export, capsys):
 
     model = from_pretrained(tiny_text_export)
     words = "the quick brown fox jumps over the lazy dog " * 200  # > 2 chunks of 32 tokens
-    with pytest.raises(ValueError, match=r"input 'text\[1\]: the quick.*only the first 2 used.*on_long='error'"):
+    with pytest.raises(
+        ValueError, match=r"input 'text\[1\]: the quick.*only the first 2 used.*on_long='error'"
+    ):
         predict(model, ["short text", words], max_chunks=2, on_long="error")
     assert predict(model, ["short text"], max_chunks=2, on_long="error")[0].note is None  # short texts pass
     with pytest.raises(ValueError, match="on_long: expected 'truncate' or 'error', got 'drop'"):
@@ -203,7 +205,9 @@ def test_infer_on_long_error_refuses_long_texts(tiny_text_export, capsys):
     rc = main(["infer", str(tiny_text_export), words, "--max-chunks", "2", "--on-long", "error"])
     assert rc == 2
     line = _one_error_line(capsys)
-    assert line.startswith("error: input 'text[0]: the quick") and "only the first 2 used (max_chunks)" in line
+    assert (
+        line.startswith("error: input 'text[0]: the quick") and "only the first 2 used (max_chunks)" in line
+    )
 
 
 def test_imdb_entry_bounds_its_inputs():
