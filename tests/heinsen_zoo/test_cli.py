@@ -254,6 +254,10 @@ def test_logger_switch_writes_under_default_root_dir(logger, tmp_path):
     assert any(p.name == "metrics.csv" for p in written) if expected is CSVLogger else any(
         p.name.startswith("events.out.tfevents") for p in written
     ), written
+    # a CSV log is always kept (the learning-curve PNGs are drawn from it), beside tensorboard/wandb
+    csv = [lg for lg in cli.trainer.loggers if isinstance(lg, CSVLogger)]
+    assert len(csv) == 1 and len(cli.trainer.loggers) == (1 if expected is CSVLogger else 2)
+    assert Path(csv[0].log_dir).is_relative_to(tmp_path / "logs")
 
 
 def test_wandb_logger_runs_offline_without_an_api_key(monkeypatch, tmp_path):
@@ -265,6 +269,7 @@ def test_wandb_logger_runs_offline_without_an_api_key(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     cli = _build_cpu(tmp_path, "wandb")
     assert type(cli.trainer.logger) is WandbLogger
+    assert [type(lg).__name__ for lg in cli.trainer.loggers] == ["WandbLogger", "CSVLogger"]
     import os
 
     assert os.environ["WANDB_MODE"] == "offline"

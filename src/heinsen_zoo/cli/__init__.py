@@ -12,7 +12,7 @@ further ``--config``/``--key value`` arguments. ``--gpus N`` trains data-paralle
 effective batch: configs state the paper's global batch and the DataModule gives each process
 ``batch / world_size`` (one place: ``heinsen_zoo.data.sampling.per_device_batch``). Checkpoints go to
 ``<trainer.default_root_dir>/checkpoints`` (``last.ckpt`` = the latest epoch, for ``--ckpt_path`` resumes). ``--logger csv|tensorboard|wandb`` picks the logger
-(CSV by default; wandb runs offline unless ``WANDB_API_KEY`` is set).
+(CSV by default, and kept beside tensorboard/wandb for the curve PNGs; wandb runs offline unless ``WANDB_API_KEY`` is set).
 
 Zoo subcommands (plain argparse)::
 

@@ -180,17 +180,22 @@ def _require_gpus(argv: list[str]) -> None:
 
 
 def _apply_logger(config: Any, logger: str, experiment: str | None) -> None:
-    """CSV by default; tensorboard or wandb by switch. Never overrides a logger set in a config."""
+    """CSV by default; tensorboard or wandb by switch, each with a CSV log beside it (``<root>/logs``: the
+    learning-curve PNGs are drawn from its metrics.csv). Never overrides a logger set in a config."""
     trainer = config["trainer"]
     if trainer.get("logger") not in (None, True):
         return
     root = trainer.get("default_root_dir") or "runs"
+    csv = {"class_path": LOGGERS["csv"], "init_args": {"save_dir": root, "name": "logs"}}
+    if logger == "csv":
+        trainer["logger"] = csv
+        return
     init_args: dict[str, Any] = {"save_dir": root, "name": "logs"}
     if logger == "wandb":
         if not os.environ.get("WANDB_API_KEY"):
             os.environ.setdefault("WANDB_MODE", "offline")
         init_args = {"save_dir": root, "project": "heinsen-routing", "name": experiment or "run"}
-    trainer["logger"] = {"class_path": LOGGERS[logger], "init_args": init_args}
+    trainer["logger"] = [{"class_path": LOGGERS[logger], "init_args": init_args}, csv]
 
 
 def run_lightning(argv: list[str], run: bool = True):

@@ -236,7 +236,7 @@ def _export_tested_head(task: Any, trainer: Any, root: Path, metrics: dict) -> P
 
 def _plot_curves(trainer: Any, results_dir: Path, name: str, smoke: bool) -> str:
     """``curves/<row>[.smoke].png`` from the run's CSVLogger metrics.csv (relative to ``results_dir``); "" when
-    the run kept no CSV log (e.g. ``--logger wandb``: the curves are in W&B)."""
+    the run kept no CSV log (only when a config sets its own logger: ``--logger`` always keeps one)."""
     from lightning.pytorch.loggers import CSVLogger
 
     from heinsen_zoo.curves import plot_learning_curves
