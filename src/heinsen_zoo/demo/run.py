@@ -44,9 +44,9 @@ BUDGET_STUDY = (
     "final validation accuracy, 10 epochs: 256 tokens, all positions per step, batch 32: 96.41%; 128 positions: "
     "batch 32 96.71%, batch 16 97.31% (other seeds 97.31%, 96.41%), batch 8 97.31%; batch 16 with 160 positions "
     "97.31%, with 12 epochs, mixup alpha 0.2 or max lr 2e-3 97.01%; 512 tokens, batch 16, 128 positions: 97.60% "
-    "(seeds 1, 2: 97.60%, 95.81%; validation loss 0.110 vs 0.136 at 256 tokens, mean of 3 seeds); whole "
-    "articles (2 chunks of 512 tokens): 97.31% (seed 1); baselines at 256 tokens 96.11% / 96.71%: 512 tokens, "
-    "batch 16, 128 positions, 10 epochs fits 10 minutes on 2 CPU cores"
+    "(seeds 1, 2: 97.60%, 95.81%; validation loss 0.110 vs 0.136 at 256 tokens, mean of 3 seeds), with 192 "
+    "positions 97.01% (seed 1: 97.31%); whole articles (2 chunks of 512 tokens): 97.31% (seed 1); baselines at "
+    "256 tokens 96.11% / 96.71%: 512 tokens, batch 16, 128 positions, 10 epochs fits 10 minutes on 2 CPU cores"
 )
 
 
