@@ -258,6 +258,8 @@ def test_logger_switch_writes_under_default_root_dir(logger, tmp_path):
     csv = [lg for lg in cli.trainer.loggers if isinstance(lg, CSVLogger)]
     assert len(csv) == 1 and len(cli.trainer.loggers) == (1 if expected is CSVLogger else 2)
     assert Path(csv[0].log_dir).is_relative_to(tmp_path / "logs")
+    if expected is TensorBoardLogger:  # its own folder: versions under logs/ stay the CSV log's alone
+        assert Path(cli.trainer.logger.log_dir).is_relative_to(tmp_path / "tensorboard")
 
 
 def test_wandb_logger_runs_offline_without_an_api_key(monkeypatch, tmp_path):

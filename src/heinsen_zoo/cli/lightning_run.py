@@ -180,8 +180,9 @@ def _require_gpus(argv: list[str]) -> None:
 
 
 def _apply_logger(config: Any, logger: str, experiment: str | None) -> None:
-    """CSV by default; tensorboard or wandb by switch, each with a CSV log beside it (``<root>/logs``: the
-    learning-curve PNGs are drawn from its metrics.csv). Never overrides a logger set in a config."""
+    """CSV by default (``<root>/logs``); tensorboard (``<root>/tensorboard``) or wandb by switch, each with the
+    CSV log beside it (the learning-curve PNGs are drawn from its metrics.csv). Never overrides a logger set in
+    a config."""
     trainer = config["trainer"]
     if trainer.get("logger") not in (None, True):
         return
@@ -190,7 +191,8 @@ def _apply_logger(config: Any, logger: str, experiment: str | None) -> None:
     if logger == "csv":
         trainer["logger"] = csv
         return
-    init_args: dict[str, Any] = {"save_dir": root, "name": "logs"}
+    # its own folder: two loggers under one name would take turns at <root>/logs/version_N
+    init_args: dict[str, Any] = {"save_dir": root, "name": "tensorboard"}
     if logger == "wandb":
         if not os.environ.get("WANDB_API_KEY"):
             os.environ.setdefault("WANDB_MODE", "offline")
