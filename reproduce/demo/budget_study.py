@@ -58,23 +58,8 @@ def load_train_val(
     from heinsen_zoo.cli import build_experiment
     from heinsen_zoo.demo.run import _overrides, _parse
 
-    cli = build_experiment(
-        "bbc_minilm_demo",
-        _overrides(
-            _parse(
-                [
-                    "--out",
-                    str(out),
-                    "--max-length",
-                    str(max_length),
-                    "--max-chunks",
-                    str(max_chunks),
-                    "--no-progress",
-                ]
-            )
-        ),
-        logger="csv",
-    )
+    argv = ["--out", str(out), "--max-length", str(max_length), "--max-chunks", str(max_chunks), "--no-progress"]  # fmt: skip
+    cli = build_experiment("bbc_minilm_demo", _overrides(_parse(argv)), logger="csv")
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")  # train + validation only

@@ -22,19 +22,12 @@ from .masks import (
     initial_routing,
     mask_activations,
     masked_softmax,
+    padding_or_none,
     softmax_fill_mask,
     unpadded_counts,
     zero_padding,
 )
-from .validation import (
-    autocast_enabled,
-    check_dim,
-    check_floating,
-    check_like,
-    check_nonempty,
-    check_rank,
-    is_compiling,
-)
+from .validation import autocast_enabled, check_dim, check_floating, check_like, check_nonempty, check_rank
 
 DICT_KEYS = ("a_inp", "V", "pred_x_inp", "S", "R", "D_use", "D_ign", "phi", "x_out")
 
@@ -125,9 +118,7 @@ def prepare_inputs(
         mask = check_routing_mask(mask, x, n_out)
     n_unpadded = None
     if padding_mask is not None:
-        padding_mask = check_padding_mask(padding_mask, x)
-        if not is_compiling() and not bool(padding_mask.any()):  # (compiled graphs keep the masked path)
-            padding_mask = None  # nothing is padding: the unmasked path, without the masking passes over x
+        padding_mask = padding_or_none(check_padding_mask(padding_mask, x))
     if padding_mask is not None:
         n_unpadded = unpadded_counts(padding_mask, x)  # [...]
         check_padding_not_empty(padding_mask, n_unpadded)

@@ -35,6 +35,7 @@ from .validation import (
     check_like,
     check_rank,
     checks_enabled,
+    is_compiling,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "check_inputs_finite",
     "combine_masks",
     "zero_padding",
+    "padding_or_none",
     "unpadded_counts",
     "mask_activations",
     "initial_routing",
@@ -105,6 +107,17 @@ def zero_padding(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Te
     if padding_mask is None:
         return x
     return torch.where(padding_mask.unsqueeze(-1), torch.zeros((), dtype=x.dtype, device=x.device), x)
+
+
+def padding_or_none(padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``padding_mask``, or None when nothing is padding, so callers take the unmasked path (no masking passes).
+
+    Eager mode only: while torch.compile / torch.export traces (data-dependent branches cannot be traced) the
+    mask is returned as is and the masked path, which gives the same result, is kept.
+    """
+    if padding_mask is None or is_compiling() or bool(padding_mask.any()):
+        return padding_mask
+    return None
 
 
 def unpadded_counts(padding_mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -42,14 +42,8 @@ from torch import nn
 
 from heinsen_routing import EfficientVectorRouting
 from heinsen_routing.credit import collect_phis
-from heinsen_routing.validation import (
-    check_bool_mask,
-    check_dim,
-    check_floating,
-    check_nonempty,
-    check_rank,
-    is_compiling,
-)
+from heinsen_routing.masks import padding_or_none
+from heinsen_routing.validation import check_bool_mask, check_dim, check_floating, check_nonempty, check_rank
 from heinsen_zoo.zoo.architectures import Architecture, register_architecture
 
 __all__ = ["RoutingHead"]
@@ -126,8 +120,7 @@ class RoutingHead(nn.Module):
                 φ3 [..., n_hid, n_classes]]`` for credit assignment (heinsen_routing.credit).
         """
         hidden, padding_mask = self._check(hidden, padding_mask)
-        if padding_mask is not None and not is_compiling() and not bool(padding_mask.any()):
-            padding_mask = None  # nothing is padding: no masking passes here or in the routing (eager only)
+        padding_mask = padding_or_none(padding_mask)  # None when nothing is padding: no masking passes at all
         copied = hidden.dtype != self.W.dtype
         if copied:
             hidden = hidden.to(self.W.dtype)  # e.g. an fp16 cache: the one copy, then masked in place

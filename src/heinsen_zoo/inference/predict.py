@@ -193,7 +193,7 @@ def predict(
 def _predict_batches(
     model: nn.Module, items: list[_Item], kind: str, labels: list[str], k: int, batch_size: int,
     device: torch.device, progress: bool | None, explain_path: Path | None, transform: Any, params: Any,
-    text_cleanup: tuple[str, ...], max_chars: int | None, on_long: str = "truncate",
+    text_cleanup: tuple[str, ...], max_chars: int | None, on_long: str,
 ) -> list[Prediction]:  # fmt: skip
     """The batched forward passes of :func:`predict` (inputs read lazily, one batch at a time)."""
 
@@ -227,7 +227,7 @@ def _predict_batches(
                                 f"input {batch[j].input_id!r} is longer than the model reads: {note}; nothing was "
                                 "predicted (on_long='error': raise max_chunks / max_chars, or truncate)"
                             )
-                        if note:
+                        elif note:
                             warnings.warn(
                                 f"input {batch[j].input_id!r}: {note}", InputTruncatedWarning, stacklevel=3
                             )

@@ -27,6 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import torch
+
 from heinsen_zoo.zoo.errors import CorruptFileError
 
 __all__ = ["MAX_PICKLE_BYTES", "check_declared_storage", "declared_storage_bytes"]
@@ -34,13 +36,16 @@ __all__ = ["MAX_PICKLE_BYTES", "check_declared_storage", "declared_storage_bytes
 #: the largest ``data.pkl`` record read from a zip checkpoint (a state dict needs ~200 bytes per tensor)
 MAX_PICKLE_BYTES = 256 * 2**20
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_ITEMSIZE = {
-    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
-    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
-    "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "QInt8Storage": 1, "QUInt8Storage": 1,
-    "QInt32Storage": 4, "QUInt4x2Storage": 1, "QUInt2x4Storage": 1,
-}  # fmt: skip
 _MAX_ITEMSIZE = 16  # unknown storage types count at the widest element
+
+
+def _storage_itemsizes() -> dict[str, int]:
+    """``{"FloatStorage": 4, ...}``: element sizes of the legacy storage class names, from torch's own map."""
+    names = getattr(torch.storage, "_dtype_to_storage_type_map", dict)()
+    return {name: dtype.itemsize for dtype, name in names.items()}
+
+
+_ITEMSIZE = _storage_itemsizes()
 
 
 class _Inert:
@@ -96,10 +101,10 @@ def _text(value: Any) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _scan(file: BinaryIO) -> dict[str, int]:
+def _scan(file: BinaryIO) -> tuple[Any, dict[str, int]]:
+    """The next pickle of ``file`` read inertly: ``(its value, the storages it declared)``."""
     scanner = _ScanningUnpickler(file)
-    scanner.load()
-    return scanner.storages
+    return scanner.load(), scanner.storages
 
 
 def _zip_records(archive: zipfile.ZipFile) -> tuple[str, dict[str, int]]:
@@ -130,7 +135,7 @@ def declared_storage_bytes(file: BinaryIO) -> int | None:
                 raise pickle.UnpicklingError(
                     f"{name} is {size} bytes, over the {MAX_PICKLE_BYTES}-byte limit"
                 )
-            storages = _scan(io.BytesIO(archive.read(name)))
+            _, storages = _scan(io.BytesIO(archive.read(name)))
         for key, nbytes in storages.items():
             if key not in records:
                 raise pickle.UnpicklingError(f"storage {key!r} has no data record")
@@ -142,23 +147,19 @@ def declared_storage_bytes(file: BinaryIO) -> int | None:
     file.seek(0, os.SEEK_END)
     end = file.tell()
     file.seek(start)
-    magic = _scan_plain(file)
+    magic, _ = _scan(file)
     if not isinstance(magic, int) or magic != _LEGACY_MAGIC:
         return None  # neither format: torch.load refuses it before reading any storage
-    _scan_plain(file)  # protocol version
-    _scan_plain(file)  # sys_info
-    storages = _scan(file)
-    _scan_plain(file)  # the sorted storage keys
+    _scan(file)  # protocol version
+    _scan(file)  # sys_info
+    _, storages = _scan(file)
+    _scan(file)  # the sorted storage keys
     total = sum(storages.values())
     if total > end - file.tell():
         raise pickle.UnpicklingError(
             f"its storages declare {total} bytes, the file holds {end - file.tell()} after the pickles"
         )
     return total
-
-
-def _scan_plain(file: BinaryIO) -> Any:
-    return _ScanningUnpickler(file).load()
 
 
 def check_declared_storage(path: str | os.PathLike) -> int | None:
