@@ -23,10 +23,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from heinsen_zoo.atomic import atomic_path
 
 __all__ = ["MetricPoint", "read_metrics", "plot_learning_curves", "save_png"]
 
@@ -205,19 +206,9 @@ def save_png(fig: Any, out_png: str | os.PathLike, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> the usual mode of a new file
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-    return out
+    return Path(out_png)

@@ -5,12 +5,20 @@ The accuracy figures belong to the demo's own output (README); here only the mec
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
 
 from heinsen_zoo.demo.baselines import fit_baselines, mean_pooled_features
-from heinsen_zoo.demo.report import Row, confusion_matrix, plot_confusion_matrix, results_table
+from heinsen_zoo.demo.report import (
+    Row,
+    confusion_matrix,
+    plot_confusion_matrix,
+    results_table,
+    write_errors_csv,
+)
 from heinsen_zoo.features import HiddenStatesDataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -66,6 +74,19 @@ def test_table_and_confusion_matrix(tmp_path):
         confusion_matrix(np.array([0, 1]), np.array([0]), 2)
 
 
+def test_errors_csv_lists_the_first_models_errors(tmp_path):
+    out = tmp_path / "errors.csv"
+    true = np.array([0, 1, 2, 1])
+    preds = {"head": np.array([0, 2, 1, 1]), "lr": np.array([1, 2, 2, 1]), "lr2": np.array([0, 1, 2, 1])}
+    titles = ["A, with a comma", 'B "quoted"', "C", "D"]
+    assert write_errors_csv(out, titles, true, preds, ["x", "y", "z"]) == {"lr": 1, "lr2": 0}
+    rows = list(csv.reader(out.open()))
+    assert rows == [["article", "true topic", "head", "lr", "lr2"], ['B "quoted"', "y", "z", "z", "y"], ["C", "z", "y", "z", "z"]]  # fmt: skip
+    with pytest.raises(ValueError, match=r"preds\['lr'\]: expected 4 predictions and titles"):
+        write_errors_csv(out, titles, true, {"head": preds["head"], "lr": np.array([0, 1])}, ["x", "y", "z"])
+    assert list(csv.reader(out.open()))[1][0] == 'B "quoted"'  # the failed call left the file as it was
+
+
 def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     """3 articles per topic, 2 chunks of 8 tokens (4 positions routed per training step), 1 epoch, float32
     backbone, cache in memory: every step and file."""
@@ -91,6 +112,11 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     for name in ("learning_curve.png", "confusion_test.png", "credit_val_article.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     assert (out / "export" / "model.safetensors").is_file()
+    errors = list(csv.reader((out / "errors_test.csv").open()))
+    assert errors[0][:3] == ["article", "true topic", "routing head, all 7 hidden states"]
+    assert len(errors[0]) == 5  # and the two baselines' predictions
+    wrong = round((1 - float(table[1].split(" | ")[2].rstrip("%")) / 100) * 5)  # the head's test errors
+    assert len(errors) - 1 == wrong and f"the head's {wrong} misclassified test articles" in printed
 
 
 def test_demo_rejects_bad_arguments(capsys):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +80,14 @@ def experiment_config_file(spec: dict[str, Any], stem: str) -> Path:
 
     import yaml
 
+    from heinsen_zoo.atomic import write_text_atomic
     from heinsen_zoo.zoo.registry import cache_dir
 
     text = yaml.safe_dump(spec, sort_keys=False)
     folder = cache_dir() / "experiment-configs"
     path = folder / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     if not path.is_file() or path.read_text() != text:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write_text_atomic(path, text)
     return path
 
 

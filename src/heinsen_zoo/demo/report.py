@@ -1,4 +1,5 @@
-"""The demo's outputs: the results table (markdown) and the test confusion matrix (PNG).
+"""The demo's outputs: the results table (markdown), the test confusion matrix (PNG) and the list of the
+articles the head gets wrong (CSV), with what the baselines predicted for them.
 
 Example:
     >>> import numpy as np
@@ -8,17 +9,28 @@ Example:
     | model | validation accuracy | test accuracy | train time |
     |---|---|---|---|
     | routing head | 99.00% | 98.50% | 100 s |
+    >>> import pathlib, tempfile
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "errors.csv"
+    >>> shared = write_errors_csv(out, ["Rates rise", "Cup final", "New phone"], np.array([0, 1, 0]),
+    ...     {"head": np.array([0, 0, 1]), "probe": np.array([1, 0, 0])}, ["business", "sport"])
+    >>> print(out.read_text().strip()); shared
+    article,true topic,head,probe
+    Cup final,sport,business,business
+    New phone,business,sport,business
+    {'probe': 1}
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Row", "results_table", "confusion_matrix", "plot_confusion_matrix"]
+__all__ = ["Row", "results_table", "confusion_matrix", "plot_confusion_matrix", "write_errors_csv"]
 
 
 class Row(NamedTuple):
@@ -85,3 +97,43 @@ def plot_confusion_matrix(
     if title:
         ax.set_title(title, fontsize=9)
     return save_png(fig, out_png)
+
+
+def write_errors_csv(
+    out_csv: str | Path,
+    titles: Sequence[str],
+    true: np.ndarray,
+    preds: Mapping[str, np.ndarray],
+    labels: Sequence[str],
+) -> dict[str, int]:
+    """List the articles the first model of ``preds`` gets wrong: one CSV row per article (its title, the true
+    topic, each model's prediction), written atomically.
+
+    Args:
+        out_csv: the CSV to write.
+        titles: one title per article (the articles in the order of ``true``).
+        true: ``[n]`` true class indices.
+        preds: model name -> ``[n]`` predicted class indices; the first model's errors are listed.
+        labels: class names.
+
+    Returns:
+        For every other model, how many of the first model's errors it gets wrong too.
+    """
+    from heinsen_zoo.atomic import write_text_atomic
+
+    true = np.asarray(true)
+    for name, pred in preds.items():
+        if np.shape(pred) != true.shape or len(titles) != len(true):
+            raise ValueError(
+                f"preds[{name!r}]: expected {len(true)} predictions and titles (one per true label), got "
+                f"{np.shape(pred)[0] if np.ndim(pred) else 0} predictions and {len(titles)} titles"
+            )
+    first, *others = preds
+    wrong = np.flatnonzero(np.asarray(preds[first]) != true)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["article", "true topic", *preds])
+    for i in wrong:
+        writer.writerow([titles[i], labels[true[i]], *(labels[pred[i]] for pred in preds.values())])
+    write_text_atomic(out_csv, text.getvalue())
+    return {name: int((np.asarray(preds[name])[wrong] != true[wrong]).sum()) for name in others}

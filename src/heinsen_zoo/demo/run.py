@@ -9,7 +9,8 @@ Steps (each timed):
    after every epoch — Lightning progress bar, CSV log ``<out>/logs``;
 3. the baselines (:mod:`heinsen_zoo.demo.baselines`) choose their regularisation on the validation split;
 4. every model is scored once on the held-out test split; the table, the learning curve
-   (``<out>/learning_curve.png``), the test confusion matrix (``<out>/confusion_test.png``) and a per-token
+   (``<out>/learning_curve.png``), the test confusion matrix (``<out>/confusion_test.png``), the test articles
+   the head gets wrong with every model's prediction (``<out>/errors_test.csv``) and a per-token
    credit plot of one validation article (``<out>/credit_val_article.png``) are written; the head is exported
    to ``<out>/export`` for ``heinsen-zoo infer routing_minilm_l6.bbc_news_demo "some text"``.
 
@@ -140,14 +141,26 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 @torch.no_grad()
-def predict_split(task, loader) -> tuple[np.ndarray, np.ndarray]:
-    """(true labels, predicted labels) of the head over a cached loader."""
+def predict_split(task, loader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true labels, predicted labels, article indices) of the head over a cached loader."""
     task.eval()
-    true, pred = [], []
+    true, pred, index = [], [], []
     for batch in loader:
         true.append(batch["label"])
         pred.append(task.model(batch).argmax(-1))
-    return torch.cat(true).numpy(), torch.cat(pred).numpy()
+        index.append(batch["index"])
+    return torch.cat(true).numpy(), torch.cat(pred).numpy(), torch.cat(index).numpy()
+
+
+def test_titles(datamodule, index: np.ndarray) -> list[str]:
+    """The title (first line) of each test article, in the order of ``index``; checks that the cached test split
+    (the baselines' order) is in that order too."""
+    cached = datamodule.cached["test"]
+    cached_index = [int(cached[i]["index"]) for i in range(len(cached))]
+    if cached_index != index.tolist():
+        raise RuntimeError("the test loader and the cached test split list the articles in different orders")
+    raw = datamodule.datamodule.test_dataset
+    return [raw[int(i)]["text"].partition("\n")[0] for i in index]
 
 
 def explain_one_article(task, datamodule, out_png: Path) -> dict:
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from heinsen_zoo.curves import plot_learning_curves
 
     from .baselines import fit_baselines
-    from .report import Row, confusion_matrix, plot_confusion_matrix, results_table
+    from .report import Row, confusion_matrix, plot_confusion_matrix, results_table, write_errors_csv
 
     out = args.out
     print(
@@ -210,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.fit(task, datamodule=dm)
     t_fit = time.perf_counter() - t1
     head_val = float(trainer.callback_metrics["val/acc"])  # the last epoch's validation: the final head
-    true, pred = predict_split(task, dm.test_dataloader())
+    true, pred, index = predict_split(task, dm.test_dataloader())
     head_test = float((true == pred).mean())
 
     print(
@@ -219,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     baselines = fit_baselines(dm.cached)
 
     labels = list(task.hparams.labels)
-    rows = [Row(f"routing head, all {task.hparams.d_depth} hidden states", head_val, head_test, t_fit)]
+    head_name = f"routing head, all {task.hparams.d_depth} hidden states"
+    rows = [Row(head_name, head_val, head_test, t_fit)]
     rows += [Row(f"{b.name} (C={b.c:g})", b.val_acc, b.test_acc, b.seconds) for b in baselines]
     curve = plot_learning_curves(
         Path(trainer.logger.log_dir) / "metrics.csv",
@@ -231,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         labels,
         out / "confusion_test.png",
         title=f"routing head, {sizes['test']} held-out test articles: {100 * head_test:.2f}%",
+    )
+    errors_csv = out / "errors_test.csv"
+    shared = write_errors_csv(
+        errors_csv,
+        test_titles(dm, index),
+        true,
+        {head_name: pred, **{b.name: b.test_pred for b in baselines}},
+        labels,
     )
     credit = out / "credit_val_article.png"
     info = explain_one_article(task, dm, credit)
@@ -257,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         f"+ C search + fit; all share the {t_cache:.0f} s hidden-state cache."
     )
     print(f"learning curve: {curve}\ntest confusion matrix: {confusion}")
+    n_wrong = int((true != pred).sum())
+    also = "; ".join(f"{n} also by {name}" for name, n in shared.items())
+    print(
+        f"the head's {n_wrong} misclassified test articles: {errors_csv} (title, true topic, each model's prediction; {also})"
+    )
     print(
         f"credit plot: {credit} (predicted '{info['pred']}', true '{info['true']}'; "
         f"top tokens: {', '.join(info['top_tokens'])})"
