@@ -18,7 +18,14 @@ Usage (the cache is computed under ``--out`` on first use; ~7-9 min per run on 1
         --train-positions 128 --draw unpadded --threads 1 --seed 0       # the demo's recipe
     .venv/bin/python reproduce/demo/budget_study.py --batch-size 16 --train-positions 128 --threads 1  # 256 tokens
 
-Prints the validation accuracy after every epoch and a final ``RESULT {json}`` line.
+Prints the validation accuracy after every epoch and a final ``RESULT {json}`` line. With ``--ema``,
+``--swa-from`` or ``--tta-repeats`` the same trained head is also scored as an EMA of its weights, as the
+average of its epoch-end weights, or routing each article in random subsets of positions (RESULT's
+``variants``: accuracy, errors and loss of each, a paired comparison); ``--save`` writes every variant's
+validation log-probabilities and the final head's after each epoch (``torch.load``-able)::
+
+    .venv/bin/python reproduce/demo/budget_study.py --max-length 512 --batch-size 16 --train-positions 128 \
+        --draw unpadded --threads 1 --ema 0.995 --swa-from 6 --tta-repeats 4 --seed 0 --save runs/s0.pt
 """
 
 from __future__ import annotations
@@ -89,6 +96,21 @@ def main() -> None:
     p.add_argument(
         "--ema", type=float, default=0.0, help="score an EMA of the weights with this decay (0 = off)"
     )
+    p.add_argument(
+        "--swa-from",
+        type=int,
+        default=0,
+        help="also score the uniform average of the weights at the end of epochs N..last (0 = off)",
+    )
+    p.add_argument(
+        "--tta-repeats",
+        type=int,
+        default=0,
+        help="also score the final head routing each validation article in random disjoint subsets of "
+        "train-positions positions (the training steps' size), log-probabilities averaged over the subsets "
+        "and over this many random partitions (0 = off)",
+    )
+    p.add_argument("--save", type=Path, default=None, help="write every variant's validation log-probs here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     a = p.parse_args()
@@ -116,18 +138,48 @@ def main() -> None:
     ema = AveragedModel(head, multi_avg_fn=get_ema_multi_avg_fn(a.ema)) if a.ema else None
 
     @torch.no_grad()
-    def validate() -> tuple[float, float]:
-        model = ema.module if ema is not None else head
-        head.eval()
-        correct, loss = 0, 0.0
-        for i in range(0, len(yva), 64):
-            logits = model(hva[i : i + 64], mva[i : i + 64]).float()
-            correct += (logits.argmax(-1) == yva[i : i + 64]).sum().item()
-            loss += F.cross_entropy(logits, yva[i : i + 64], reduction="sum").item()
-        head.train()
-        return correct / len(yva), loss / len(yva)
+    def log_probs(model: torch.nn.Module) -> torch.Tensor:
+        """Validation log-probabilities [n_val, 5], every position routed."""
+        model.eval()
+        out = torch.cat([model(hva[i : i + 64], mva[i : i + 64]).float() for i in range(0, len(yva), 64)])
+        model.train()
+        return out.log_softmax(-1)
 
-    t0, history = time.perf_counter(), []
+    @torch.no_grad()
+    def subset_log_probs(model: torch.nn.Module, repeats: int, size: int) -> torch.Tensor:
+        """Validation log-probabilities [n_val, 5], each article routed in random disjoint subsets of at most
+        ``size`` of its unpadded positions; the subsets' log-probabilities averaged (over ``repeats`` random
+        partitions too), then renormalized."""
+        gen = torch.Generator().manual_seed(a.seed + 1000)
+        parts = []  # (article, positions)
+        for _ in range(repeats):
+            for i in range(len(yva)):
+                real = (~mva[i]).nonzero().squeeze(-1)
+                shuffled = real[torch.randperm(len(real), generator=gen)]
+                chunks = shuffled.tensor_split(math.ceil(len(real) / size))
+                parts += [(i, c.sort().values) for c in chunks]
+        total = torch.zeros(len(yva), 5)
+        count = torch.zeros(len(yva), 1)
+        model.eval()
+        for j in range(0, len(parts), 64):
+            group = parts[j : j + 64]
+            h = torch.zeros(len(group), size, *hva.shape[2:], dtype=hva.dtype)
+            m = torch.ones(len(group), size, dtype=torch.bool)
+            for row, (i, pos) in enumerate(group):
+                h[row, : len(pos)], m[row, : len(pos)] = hva[i, pos], False
+            lp = model(h, m).float().log_softmax(-1)
+            articles = torch.tensor([i for i, _ in group])
+            total.index_add_(0, articles, lp)
+            count.index_add_(0, articles, torch.ones(len(group), 1))
+        model.train()
+        return (total / count).log_softmax(-1)
+
+    def score(lp: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) of validation log-probabilities."""
+        return (lp.argmax(-1) == yva).float().mean().item(), F.nll_loss(lp, yva).item()
+
+    t0, history, per_epoch = time.perf_counter(), [], []
+    swa_sum, swa_n = None, 0
     for epoch in range(a.epochs):
         perm, total_loss, t_epoch = torch.randperm(n, generator=g), 0.0, time.perf_counter()
         for s in range(steps_per_epoch):
@@ -159,15 +211,37 @@ def main() -> None:
             total_loss += loss.item()
             if ema is not None:
                 ema.update_parameters(head)
-        acc, val_loss = validate()
+        if a.swa_from and epoch + 1 >= a.swa_from:  # running sum of the epoch-end weights
+            state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            swa_sum = state if swa_sum is None else {k: swa_sum[k] + state[k] for k in state}
+            swa_n += 1
+        per_epoch.append(log_probs(head))
+        acc, val_loss = score(log_probs(ema.module) if ema is not None else per_epoch[-1])
         history.append(round(100 * acc, 2))
         print(
             f"epoch {epoch + 1} train_loss {total_loss / steps_per_epoch:.4f} val_loss {val_loss:.4f} "
             f"val_acc {100 * acc:.2f} epoch_s {time.perf_counter() - t_epoch:.1f}",
             flush=True,
         )
-    recipe = {k: v for k, v in vars(a).items() if k != "out"}
-    print("RESULT", json.dumps({**recipe, "val_acc": history, "wall_s": round(time.perf_counter() - t0)}))
+    variants = {"final": per_epoch[-1]}
+    if ema is not None:
+        variants["ema"] = log_probs(ema.module)
+    if swa_n:
+        swa = RoutingHead(7, 384, 5)
+        swa.load_state_dict({k: v / swa_n for k, v in swa_sum.items()})
+        variants[f"swa_from_{a.swa_from}"] = log_probs(swa)
+    if a.tta_repeats:
+        t_tta = time.perf_counter()
+        variants[f"subsets_x{a.tta_repeats}"] = subset_log_probs(head, a.tta_repeats, a.train_positions)
+        print(f"subset scoring {time.perf_counter() - t_tta:.1f} s", flush=True)
+    scores = {}
+    for name, lp in variants.items():
+        acc, loss = score(lp)
+        scores[name] = {"val_acc": round(100 * acc, 2), "errors": int((lp.argmax(-1) != yva).sum()), "val_loss": round(loss, 4)}  # fmt: skip
+    if a.save is not None:
+        torch.save({"labels": yva, "variants": variants, "per_epoch": torch.stack(per_epoch)}, a.save)
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k != "out"}
+    print("RESULT", json.dumps({**recipe, "val_acc": history, "variants": scores, "wall_s": round(time.perf_counter() - t0)}))  # fmt: skip
 
 
 if __name__ == "__main__":
