@@ -156,3 +156,24 @@ def test_cache_identity_ignores_loader_only_arguments_but_not_the_split_seed():
     base = identity()
     assert identity(batch_size=7, steps_per_epoch=3, eval_batch_size=2, num_workers=0) == base
     assert identity(seed=1) != base
+
+
+def test_cache_identity_through_the_cli_is_the_raw_datamodules_own(tmp_path):
+    """Built by LightningCLI inside CachedHiddenStatesDataModule, the BBC DataModule used to save the *outer*
+    config as its hyperparameters, so --no-progress or another cache folder recomputed the demo's cache."""
+    pytest.importorskip("jsonargparse")
+    from heinsen_zoo.cli import build_experiment
+    from heinsen_zoo.features import dataset_identity
+
+    def identity(*extra: str) -> str:
+        argv = ["--trainer.default_root_dir", str(tmp_path), "--data.init_args.storage", "memory",
+                "--data.init_args.datamodule.init_args.max_per_class", "5", *extra]  # fmt: skip
+        raw = build_experiment("bbc_minilm_demo", argv, logger="csv").datamodule.datamodule
+        raw.setup("fit")
+        assert "progress" not in raw.hparams and raw.hparams["max_per_class"] == 5
+        return dataset_identity(raw, "train", raw.train_dataset)
+
+    base = identity()
+    quiet = ["--data.init_args.progress", "false", "--data.init_args.storage", "disk"]
+    assert identity(*quiet, "--data.init_args.cache_dir", str(tmp_path / "elsewhere")) == base
+    assert identity("--data.init_args.datamodule.init_args.seed", "1") != base

@@ -23,9 +23,11 @@ hidden-state cache), and ``preprocessing`` (a JSON-able description recorded in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +164,37 @@ def split_source_with_carved_val(split: str, val_fraction: float) -> str:
     return split
 
 
+def _names_class(class_path: object, cls: type) -> bool:
+    """Whether ``class_path`` ("module.Name") resolves to ``cls``."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) is cls
+    except ImportError:
+        return False
+
+
+@contextlib.contextmanager
+def _own_hyperparameters(cls: type) -> Iterator[None]:
+    """Hide LightningCLI's config of the class being instantiated from ``save_hyperparameters`` of ``cls``
+    when that config names another class (see ZooDataModule.save_hyperparameters)."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # another Lightning: nothing to hide
+        yield
+        return
+    given = _given_hyperparameters.get()
+    if given is None or _names_class(given.get("_class_path"), cls):
+        yield
+        return
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
 class ZooDataModule(L.LightningDataModule):
     """Base DataModule: the loader arguments (defined here once), loaders, fixed steps per epoch, DDP-aware
     training sampler.
@@ -235,11 +268,19 @@ class ZooDataModule(L.LightningDataModule):
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
         """Lightning's, called from the subclass's ``__init__``, plus every loader argument (defaults included,
-        which ``**loader`` forwarding would leave out)."""
+        which ``**loader`` forwarding would leave out).
+
+        A DataModule built inside another one by LightningCLI (``CachedHiddenStatesDataModule(datamodule=...)``)
+        would otherwise take the *outer* class's config as its hyperparameters (Lightning hands the config
+        being instantiated to every ``save_hyperparameters`` called meanwhile): its progress bar or cache folder
+        would then look like data, and a hidden-state cache would be recomputed for them. Here a config naming
+        another class is set aside and the caller's own arguments are saved.
+        """
         kwargs.setdefault(
             "frame", inspect.currentframe().f_back
         )  # the caller's arguments, as Lightning's own
-        super().save_hyperparameters(*args, **kwargs)
+        with _own_hyperparameters(type(self)):
+            super().save_hyperparameters(*args, **kwargs)
         for key, value in self.loader_args.items():
             self.hparams.setdefault(key, value)
 
