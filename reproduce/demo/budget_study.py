@@ -66,7 +66,8 @@ def load_train_val(
     from heinsen_zoo.demo.run import _overrides, _parse
 
     argv = ["--out", str(out), "--max-length", str(max_length), "--max-chunks", str(max_chunks), "--no-progress"]  # fmt: skip
-    cli = build_experiment("bbc_minilm_demo", _overrides(_parse(argv)), logger="csv")
+    only_train_val = ["--data.init_args.splits", '["train", "val"]']  # the test split is not even cached
+    cli = build_experiment("bbc_minilm_demo", _overrides(_parse(argv)) + only_train_val, logger="csv")
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")  # train + validation only
@@ -89,6 +90,12 @@ def main() -> None:
         default="all",
         help="positions drawn among all (padding included, as measured for the 256-token study) or among "
         "unpadded ones first (the task's heinsen_zoo.tasks.positions.sample_positions)",
+    )
+    p.add_argument(
+        "--n-hid", type=int, default=64, help="vectors of the head's hidden routings (the paper: 64)"
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=0.0, help="decoupled weight decay of RAdam (the paper: 0)"
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--pct-start", type=float, default=0.3)
@@ -125,8 +132,10 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     (htr, mtr, ytr), (hva, mva, yva) = splits["train"], splits["val"]
-    head = RoutingHead(7, 384, 5)
-    opt = torch.optim.RAdam(head.parameters(), lr=a.lr)
+    head = RoutingHead(7, 384, 5, n_hid=a.n_hid)
+    opt = torch.optim.RAdam(
+        head.parameters(), lr=a.lr, weight_decay=a.weight_decay, decoupled_weight_decay=a.weight_decay > 0
+    )
     n = len(ytr)
     steps_per_epoch = math.ceil(n / a.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -227,7 +236,7 @@ def main() -> None:
     if ema is not None:
         variants["ema"] = log_probs(ema.module)
     if swa_n:
-        swa = RoutingHead(7, 384, 5)
+        swa = RoutingHead(7, 384, 5, n_hid=a.n_hid)
         swa.load_state_dict({k: v / swa_n for k, v in swa_sum.items()})
         variants[f"swa_from_{a.swa_from}"] = log_probs(swa)
     if a.tta_repeats:
