@@ -97,7 +97,8 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
 
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--max-per-class", "3", "--max-epochs", "1", "--max-length", "8",
-            "--max-chunks", "2", "--train-positions", "4", "--backbone-dtype", "float32", "--storage", "memory", "--no-progress"]  # fmt: skip
+            "--max-chunks", "2", "--train-positions", "4", "--backbone-dtype", "float32", "--storage", "memory", "--no-progress",
+            "--split-seed", "1"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("| ")]
@@ -107,6 +108,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert names[1].startswith("| logistic regression, mean-pooled last layer (C=")
     assert names[2].startswith("| logistic regression, mean-pooled all 7 layers concatenated (C=")
     assert "Test: 5 held-out articles" in printed and "set on the command line" in printed
+    assert "(stratified, seed 1; each distinct article once" in printed
     assert "token budget (2 x 8) and positions routed per article in a training step (4;" in printed
     assert "(2 x 8 tokens, backbone float32)" in printed
     for name in ("learning_curve.png", "confusion_test.png", "credit_val_article.png"):
