@@ -133,3 +133,18 @@ def test_demo_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--max-chunks", "-1"])
     assert info.value.code == 2 and "--max-chunks: expected a positive int, got -1" in capsys.readouterr().err
+
+
+def test_demo_reports_an_os_error_as_one_line(capsys, monkeypatch):
+    import errno
+
+    import heinsen_zoo.demo.run as run
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "cache_dir runs/demo/cache: no space left on the device while caching")
+
+    monkeypatch.setattr(run, "_run", full_disk)
+    monkeypatch.delenv("HEINSEN_DEBUG", raising=False)
+    assert run.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no space left" in err and "Traceback" not in err

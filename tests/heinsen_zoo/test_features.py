@@ -254,3 +254,29 @@ def test_cached_datamodule_uses_the_base_loaders_under_ddp(vit):
     assert [i for b in val for i in b["index"].tolist()] == [1]  # rank 1's unpadded shard of 3
     with pytest.raises(ValueError, match="num_workers"):
         CachedHiddenStatesDataModule(_ToyDataModule(), VIT, num_workers=-1)
+
+
+def test_a_full_disk_is_named_and_leaves_no_partial_cache(vit, tmp_path, monkeypatch):
+    """ENOSPC while writing hidden.bin: one error naming cache_dir and what was written; the temporary folder goes."""
+    import errno
+
+    import heinsen_zoo.features.compute as compute
+
+    class FullDisk:
+        def __init__(self, *args, **kwargs):
+            self.writes = 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")  # the flush on close fails too
+
+    monkeypatch.setattr(compute, "open", FullDisk, raising=False)
+    with pytest.raises(OSError, match=r"cache_dir .*: no space left on the device .* MiB written for 1 samples") as info:
+        cache_hidden_states(vit, image_batches(), storage="disk", cache_dir=tmp_path, dataset_id="toy:v1",
+                            progress=False)  # fmt: skip
+    assert info.value.errno == errno.ENOSPC and str(tmp_path) in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -139,6 +141,7 @@ def cache_hidden_states(
 
         bar = tqdm(total=total, desc=f"caching hidden states ({backbone.spec.get('id')})", unit="batch")
     handle = open(tmp_dir / "hidden.bin", "wb") if tmp_dir is not None else None
+    written = 0  # bytes of hidden states written to disk
     try:
         seen = 0
         for batch in dataloader:
@@ -164,21 +167,30 @@ def cache_hidden_states(
             seen += n
             for sample_hidden, sample_mask in _trim(hidden, padding_mask, pad_chunk):
                 stored = _to_storage("hidden states", sample_hidden, dtype)
-                lengths.append(stored.shape[0])
                 if handle is not None:
                     handle.write(stored.contiguous().numpy().tobytes())
+                    written += stored.numel() * stored.element_size()
                 else:
                     hidden_parts.append(stored)
+                lengths.append(stored.shape[0])
                 if sample_mask is not None:
                     mask_parts.append(sample_mask.cpu())
             if bar is not None:
                 bar.update(1)
         if not lengths:
             raise ValueError("dataloader: produced no batches; nothing to cache")
-    except BaseException:
+    except BaseException as err:
         if handle is not None:
-            handle.close()
+            with contextlib.suppress(OSError):  # closing flushes: on a full disk that fails too
+                handle.close()
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"cache_dir {final_dir.parent}: no space left on the device while caching hidden states "
+                f"({written / 2**20:.1f} MiB written for {len(lengths)} samples before it filled up; the partial "
+                "cache was removed): free some space there or pass another cache_dir",
+            ) from err
         raise
     finally:
         if bar is not None:
