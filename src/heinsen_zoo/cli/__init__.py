@@ -69,6 +69,7 @@ __all__ = [
     "experiment_path",
     "list_experiments",
     "main",
+    "report_user_error",
     "run_lightning",
     "run_zoo",
 ]
@@ -97,6 +98,15 @@ def _error_line(err: BaseException) -> str:
     return message if message.startswith("error:") else f"error: {message}"
 
 
+def report_user_error(err: BaseException, hint: str = "") -> int:
+    """Print ``err`` as one ``error: ...`` line (then ``hint``) on stderr and return the exit status 2; with
+    ``HEINSEN_DEBUG=1`` re-raise it instead (the traceback)."""
+    if os.environ.get("HEINSEN_DEBUG", "").strip() not in ("", "0"):
+        raise err
+    print(f"{_error_line(err)}{' ' + hint if hint else ''}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: user errors of every subcommand print one ``error: ...`` line, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -115,8 +125,4 @@ def main(argv: list[str] | None = None) -> int:
         print(_error_line(SystemExit(exit_.code)), file=sys.stderr)
         return 2
     except _user_error_types() as err:
-        if os.environ.get("HEINSEN_DEBUG", "").strip() not in ("", "0"):
-            raise
-        hint = f" {_USER_ERRORS_HINT}" if argv[0] in LIGHTNING_SUBCOMMANDS else ""
-        print(f"{_error_line(err)}{hint}", file=sys.stderr)
-        return 2
+        return report_user_error(err, _USER_ERRORS_HINT if argv[0] in LIGHTNING_SUBCOMMANDS else "")

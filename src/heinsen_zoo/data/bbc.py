@@ -154,7 +154,7 @@ class BBCNewsDataModule(ZooDataModule):
             raise ValueError(f"drop_duplicates: expected True or False, got {drop_duplicates!r}")
         self.drop_duplicates = drop_duplicates
         self._split: dict[str, list[str]] | None = None
-        self._titles: dict[str, str] = {}
+        self._texts: dict[str, str] = {}  # file id -> article text, read once while splitting
 
     @property
     def labels(self) -> list[str]:
@@ -177,7 +177,7 @@ class BBCNewsDataModule(ZooDataModule):
             if self.drop_duplicates:  # the first file (in sorted order) of each distinct text
                 first = {text: name for name, text in reversed(texts.items())}
                 files = sorted(first.values())
-            self._titles.update((f"{topic}/{name}", texts[name].partition("\n")[0]) for name in files)
+            self._texts.update((f"{topic}/{name}", texts[name]) for name in files)
             if self.max_per_class is not None:
                 keep = sorted(seeded_order(files, self.seed)[: self.max_per_class])
                 files = [files[i] for i in keep]
@@ -198,13 +198,14 @@ class BBCNewsDataModule(ZooDataModule):
         """
         if self._split is None:
             _, ids, labels = self._file_ids()
+            titles = {file_id: text.partition("\n")[0] for file_id, text in self._texts.items()}
             names = ("test", "val", "train") if self.test_fraction > 0 else ("val", "train")
             split: dict[str, list[str]] = {name: [] for name in names}
             for label, topic in enumerate(BBC_LABELS):
                 members = [file_id for file_id, y in zip(ids, labels, strict=True) if y == label]
                 targets = self._targets(topic, len(members))
                 for name, bucket in zip(
-                    names, _fill(title_groups(members, self._titles, self.seed), targets), strict=True
+                    names, _fill(title_groups(members, titles, self.seed), targets), strict=True
                 ):
                     split[name] += bucket
             self._split = {name: sorted(split[name]) for name in ("train", "val", "test") if name in split}
@@ -235,7 +236,6 @@ class BBCNewsDataModule(ZooDataModule):
 
     def _build_split(self, split: str) -> TextDataset:
         ids = self.split_ids[self.split_source(split)]
-        root = self._root()
-        texts = [read_bbc_article(root / file_id) for file_id in ids]
+        texts = [self._texts[file_id] for file_id in ids]  # read by _file_ids
         labels = [BBC_LABELS.index(file_id.split("/", 1)[0]) for file_id in ids]
         return TextDataset(texts, labels, ids)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -202,15 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; bad input or a full disk print one ``error: ...`` line and return 2, as ``heinsen-zoo``
     does (``HEINSEN_DEBUG=1`` shows the traceback)."""
     args = _parse(argv)
-    from heinsen_zoo.cli import _USER_ERRORS_HINT, _error_line, _user_error_types
+    from heinsen_zoo.cli import _USER_ERRORS_HINT, _user_error_types, report_user_error
 
     try:
         return _run(args)
     except _user_error_types() as err:
-        if os.environ.get("HEINSEN_DEBUG", "").strip() not in ("", "0"):
-            raise
-        print(f"{_error_line(err)} {_USER_ERRORS_HINT}", file=sys.stderr)
-        return 2
+        return report_user_error(err, _USER_ERRORS_HINT)
 
 
 def _run(args: argparse.Namespace) -> int:
