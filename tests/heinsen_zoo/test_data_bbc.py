@@ -177,3 +177,23 @@ def test_cache_identity_through_the_cli_is_the_raw_datamodules_own(tmp_path):
     quiet = ["--data.init_args.progress", "false", "--data.init_args.storage", "disk"]
     assert identity(*quiet, "--data.init_args.cache_dir", str(tmp_path / "elsewhere")) == base
     assert identity("--data.init_args.datamodule.init_args.seed", "1") != base
+
+
+def test_the_corpus_is_every_article_once_whatever_the_split():
+    """The hidden-state cache runs the backbone over corpus() once; every split seed and fraction is a view of it."""
+    from heinsen_zoo.features import dataset_identity
+
+    dm = BBCNewsDataModule(val_fraction=0.15, test_fraction=0.2)
+    other = BBCNewsDataModule(val_fraction=0.1, test_fraction=0.3, seed=3)
+    corpus = dm.corpus()
+    assert len(corpus) == 2127 and corpus.ids == sorted(set(corpus.ids))
+    assert corpus.ids == sorted(i for ids in dm.split_ids.values() for i in ids) == other.corpus().ids
+    assert corpus.labels == [BBC_LABELS.index(i.split("/")[0]) for i in corpus.ids]
+
+    def identity(module):
+        return dataset_identity(module, "corpus", module.corpus(), module.SPLIT_ARGS)
+
+    assert identity(dm) == identity(other)
+    assert identity(BBCNewsDataModule(drop_duplicates=False)) != identity(dm)
+    tiny = BBCNewsDataModule(max_per_class=4, val_fraction=0.25, test_fraction=0.25)
+    assert len(tiny.corpus()) == 20 and identity(tiny) != identity(BBCNewsDataModule(max_per_class=4, seed=1))

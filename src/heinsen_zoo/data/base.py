@@ -222,6 +222,9 @@ class ZooDataModule(L.LightningDataModule):
     DATA_NEUTRAL_ARGS: tuple[str, ...] = (
         "batch_size", "num_workers", "pin_memory", "persistent_workers", "steps_per_epoch", "eval_batch_size",
     )  # fmt: skip
+    # The arguments that only deal a corpus's examples to splits (see corpus); a corpus-wide hidden-state cache
+    # leaves them out of its key and holds the sha256 of the corpus's ids instead.
+    SPLIT_ARGS: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -302,6 +305,15 @@ class ZooDataModule(L.LightningDataModule):
     @property
     def preprocessing(self) -> dict[str, Any] | None:
         """JSON-able description of the input preprocessing (recorded in exported configs); None if none."""
+        return None
+
+    def corpus(self) -> Dataset | None:
+        """Every example the splits are dealt from, each once, as a dataset with stable ``ids`` (those of the
+        splits' datasets are among them), or None (the default) when the splits are not views of one corpus.
+
+        A hidden-state cache (:class:`~heinsen_zoo.features.CachedHiddenStatesDataModule`) runs the backbone over
+        the corpus once and serves every split, under any split seed, from it.
+        """
         return None
 
     def split_source(self, split: str) -> str:

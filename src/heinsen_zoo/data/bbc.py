@@ -116,6 +116,8 @@ class BBCNewsDataModule(ZooDataModule):
         {'train': 1275, 'val': 426, 'test': 426}
     """
 
+    SPLIT_ARGS = ("seed", "val_fraction", "test_fraction")
+
     def __init__(
         self,
         data_dir: str | Path | None = None,
@@ -234,8 +236,15 @@ class BBCNewsDataModule(ZooDataModule):
     def preprocessing(self) -> dict[str, Any]:
         return {"kind": "text", "dataset": "bbc_news", "text": "title + blank line + body"}
 
-    def _build_split(self, split: str) -> TextDataset:
-        ids = self.split_ids[self.split_source(split)]
+    def corpus(self) -> TextDataset:
+        """Every article of the splits once (all 2,127 distinct ones unless ``max_per_class``), sorted by file id:
+        the same whatever ``seed``, ``val_fraction`` and ``test_fraction`` (without ``max_per_class``)."""
+        return self._articles(sorted(file_id for ids in self.split_ids.values() for file_id in ids))
+
+    def _articles(self, ids: list[str]) -> TextDataset:
         texts = [self._texts[file_id] for file_id in ids]  # read by _file_ids
         labels = [BBC_LABELS.index(file_id.split("/", 1)[0]) for file_id in ids]
         return TextDataset(texts, labels, ids)
+
+    def _build_split(self, split: str) -> TextDataset:
+        return self._articles(self.split_ids[self.split_source(split)])

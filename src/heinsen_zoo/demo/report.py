@@ -18,6 +18,18 @@ Example:
     Cup final,sport,business,business
     New phone,business,sport,business
     {'probe': 1}
+    >>> splits = {0: [Row("head", 0.97, 0.98, 1.0), Row("probe", 0.96, 0.97, 1.0)],
+    ...           1: [Row("head", 0.99, 0.97, 1.0), Row("probe", 0.98, 0.97, 1.0)]}
+    >>> print(splits_table(splits))
+    | split seed | head | probe |
+    |---|---|---|
+    | 0 | 98.00% (97.00%) | 97.00% (96.00%) |
+    | 1 | 97.00% (99.00%) | 97.00% (98.00%) |
+    | mean ± s.d. | 97.50% ± 0.71 | 97.00% ± 0.00 |
+    <BLANKLINE>
+    | head − | mean lead (test) | per split | ahead / tied / behind |
+    |---|---|---|---|
+    | probe | +0.50 points | +1.00, +0.00 | 1 / 1 / 0 of 2 |
 """
 
 from __future__ import annotations
@@ -30,7 +42,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Row", "results_table", "confusion_matrix", "plot_confusion_matrix", "write_errors_csv"]
+__all__ = [
+    "Row",
+    "results_table",
+    "splits_table",
+    "write_splits_csv",
+    "confusion_matrix",
+    "plot_confusion_matrix",
+    "write_errors_csv",
+]
 
 
 class Row(NamedTuple):
@@ -50,6 +70,71 @@ def results_table(rows: Sequence[Row]) -> str:
             f"| {row.name} | {100 * row.val_acc:.2f}% | {100 * row.test_acc:.2f}% | {row.seconds:.0f} s |"
         )
     return "\n".join(lines)
+
+
+def _models(results: Mapping[int, Sequence[Row]]) -> list[str]:
+    """The model names shared by every split's rows (same order), the first being the one compared."""
+    if not results:
+        raise ValueError("results: expected the rows of at least one split, got none")
+    names = [[row.name for row in rows] for rows in results.values()]
+    if len(names[0]) < 2 or any(other != names[0] for other in names):
+        raise ValueError(f"results: expected the same >= 2 models on every split, got {names}")
+    return names[0]
+
+
+def splits_table(results: Mapping[int, Sequence[Row]]) -> str:
+    """Markdown: each split's test accuracy per model (validation in brackets), the mean ± standard deviation over
+    splits, then the first model's lead over each other one (mean, per split, and on how many splits it is
+    ahead, tied or behind).
+
+    Args:
+        results: split seed -> rows, the same models in the same order on every split.
+    """
+    models = _models(results)
+    test = (
+        np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
+    )  # [n_splits, n_models]
+    lines = ["| split seed | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for seed, rows in results.items():
+        cells = [f"{100 * row.test_acc:.2f}% ({100 * row.val_acc:.2f}%)" for row in rows]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    spread = test.std(0, ddof=1) if len(test) > 1 else np.full(len(models), np.nan)
+    cells = [
+        f"{m:.2f}% ± {sd:.2f}" if np.isfinite(sd) else f"{m:.2f}%"
+        for m, sd in zip(test.mean(0), spread, strict=True)
+    ]
+    lines += ["| mean ± s.d. | " + " | ".join(cells) + " |", ""]
+    lines += [
+        f"| {models[0]} − | mean lead (test) | per split | ahead / tied / behind |",
+        "|---|---|---|---|",
+    ]
+    for j, name in enumerate(models[1:], start=1):
+        lead = np.round(test[:, 0] - test[:, j], 6)
+        ahead, behind = int((lead > 0).sum()), int((lead < 0).sum())
+        per_split = ", ".join(f"{d:+.2f}" for d in lead)
+        lines.append(
+            f"| {name} | {lead.mean():+.2f} points | {per_split} | "
+            f"{ahead} / {len(lead) - ahead - behind} / {behind} of {len(lead)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_splits_csv(out_csv: str | Path, results: Mapping[int, Sequence[Row]]) -> Path:
+    """One CSV row per split and model (split seed, model, validation and test accuracy, train seconds), written
+    atomically; returns the path."""
+    from heinsen_zoo.atomic import write_text_atomic
+
+    _models(results)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["split_seed", "model", "validation_accuracy", "test_accuracy", "train_seconds"])
+    for seed, rows in results.items():
+        for row in rows:
+            writer.writerow(
+                [seed, row.name, f"{row.val_acc:.6f}", f"{row.test_acc:.6f}", f"{row.seconds:.1f}"]
+            )
+    write_text_atomic(out_csv, text.getvalue())
+    return Path(out_csv)
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:

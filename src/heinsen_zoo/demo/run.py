@@ -21,7 +21,12 @@ this split as it was before exact duplicates were dropped (:data:`BUDGET_STUDY`,
 the last epoch; checkpoints are kept for resuming, none is selected).
 
 Usage: ``python -m heinsen_zoo.demo [--out runs/demo] [--max-epochs N] [--max-length T] [--train-positions P]
-[--max-per-class K]``.
+[--max-per-class K] [--split-seed S | --split-seeds 0,1,2,3]``.
+
+``--split-seeds`` repeats the whole demo on several train / validation / test splits (each in
+``<out>/split-seed-<S>``; the hidden states are computed once, for every article, in ``<out>/cache``) and ends
+with a table of each split's test accuracies, their mean and standard deviation, and the head's lead over each
+baseline split by split (``<out>/splits.csv``): how much one split's table says.
 """
 
 from __future__ import annotations
@@ -96,6 +101,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="draw the train / validation / test split with this seed instead of the config's (0): how much the "
         "table owes to one split (the recipe was chosen on seed 0's validation)",
     )
+    p.add_argument(
+        "--split-seeds",
+        type=_seed_list,
+        default=None,
+        help="repeat the demo on these splits, e.g. 0,1,2,3 (one hidden-state cache for all; ends with the mean "
+        "and the head's lead over each baseline per split)",
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="hidden-state cache folder (default <out>/cache)"
+    )
     p.add_argument("--storage", choices=["memory", "disk"], default="disk", help="hidden-state cache storage")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     args = p.parse_args(argv)
@@ -103,7 +118,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')}: expected a positive int, got {value}")
+    if args.split_seed is not None and args.split_seeds is not None:
+        p.error("--split-seed and --split-seeds: expected one of them, got both")
     return args
+
+
+def _seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]: distinct non-negative ints (argparse type of ``--split-seeds``)."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct non-negative ints separated by commas, got {text!r}"
+        )
+    return seeds
 
 
 def _backbone_override(args: argparse.Namespace) -> list[str]:
@@ -136,7 +166,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         *_backbone_override(args),
     ]
     if args.storage == "disk":
-        overrides += ["--data.init_args.cache_dir", str(out / "cache")]
+        overrides += ["--data.init_args.cache_dir", str(args.cache_dir or out / "cache")]
     if args.no_progress:
         overrides += ["--trainer.enable_progress_bar", "false", "--data.init_args.progress", "false"]
     if args.max_epochs is not None:
@@ -204,12 +234,41 @@ def main(argv: list[str] | None = None) -> int:
     from heinsen_zoo.cli import _USER_ERRORS_HINT, _user_error_types, report_user_error
 
     try:
-        return _run(args)
+        if args.split_seeds is None:
+            _run(args)
+        else:
+            _run_splits(args)
+        return 0
     except _user_error_types() as err:
         return report_user_error(err, _USER_ERRORS_HINT)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run_splits(args: argparse.Namespace) -> dict[int, list]:
+    """The demo on each of ``args.split_seeds`` (one shared hidden-state cache), then the table over splits."""
+    from .report import splits_table, write_splits_csv
+
+    t0 = time.perf_counter()
+    results = {}
+    for k, seed in enumerate(args.split_seeds):
+        print(f"\n==== split seed {seed} ({k + 1} of {len(args.split_seeds)}) ====", flush=True)
+        one = argparse.Namespace(**{**vars(args), "split_seeds": None, "split_seed": seed})
+        one.out = args.out / f"split-seed-{seed}"
+        one.cache_dir = args.cache_dir or args.out / "cache"
+        results[seed] = _run(one)
+    print(f"\n==== {len(results)} splits: test accuracy per split (validation in brackets) ====\n")
+    print(splits_table(results))
+    csv_path = write_splits_csv(args.out / "splits.csv", results)
+    print(
+        f"\nEach split: its own training, validation (which chose the baselines' C) and held-out test articles; "
+        f"the routing head's recipe is the same on every split (chosen on split seed 0's validation, see above), "
+        f"as is its initialisation. Per split and model: {csv_path}. Total wall time: "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    return results
+
+
+def _run(args: argparse.Namespace) -> list:
+    """The demo on one split: prints its table and the rest; returns its rows (baseline names without C)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
@@ -316,4 +375,4 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(f"exported head: {out / 'export'}")
     print(f"total wall time: {time.perf_counter() - t0:.0f} s")
-    return 0
+    return rows[:1] + [Row(b.name, b.val_acc, b.test_acc, b.seconds) for b in baselines]

@@ -51,14 +51,15 @@ def ids_fingerprint(dataset: Any) -> tuple | None:
     return None
 
 
-def dataset_identity(datamodule: Any, split: str, dataset: Any) -> str:
-    """A string naming a raw DataModule's split: class, hyperparameters (or public plain attributes), length,
-    and the sha256 of the dataset's ``ids`` when it has them (so a change in how a split is drawn is a new cache)."""
+def dataset_identity(datamodule: Any, split: str, dataset: Any, leave_out: Sequence[str] = ()) -> str:
+    """A string naming a raw DataModule's split: class, hyperparameters (or public plain attributes) but those in
+    ``leave_out``, length, and the sha256 of the dataset's ``ids`` when it has them (so a change in how a split is
+    drawn is a new cache)."""
     hparams = dict(getattr(datamodule, "hparams", {}) or {})
     if not hparams:
         hparams = {k: v for k, v in vars(datamodule).items() if not k.startswith("_")}
     # loader settings do not change the data (ZooDataModule.DATA_NEUTRAL_ARGS)
-    for key in ZooDataModule.DATA_NEUTRAL_ARGS:
+    for key in (*ZooDataModule.DATA_NEUTRAL_ARGS, *leave_out):
         hparams.pop(key, None)
     plain = {
         k: _plain(v)
@@ -93,6 +94,9 @@ class CachedHiddenStatesDataModule(ZooDataModule):
         progress: show progress bars.
         splits: which splits to cache (default train, val, test — those the raw DataModule provides).
         dataset_id: extra string mixed into every split's identity (e.g. a data version).
+        share_corpus: when the raw DataModule has a corpus (``corpus()`` returns a dataset, e.g. BBC News), cache
+            the corpus once and serve each split as a view of it, so another split seed or split fraction
+            reuses the cache (default True); False caches each split on its own.
         **loader: the other loader arguments of :class:`~heinsen_zoo.data.base.ZooDataModule` (``num_workers``,
             ``pin_memory``, ``persistent_workers``, ``eval_batch_size``; ``steps_per_epoch`` and ``seed`` for the
             training sampler when the raw DataModule has none) for the cached loaders.
@@ -100,7 +104,7 @@ class CachedHiddenStatesDataModule(ZooDataModule):
     Training batches use the raw DataModule's training sampler when it has one (``train_sampler(rank,
     world_size)``, e.g. fixed steps per epoch and DDP sharding), else the base's seeded shuffle. A split whose
     dataset has the same ``ids`` as an already cached split (BBC's test split is its val split) shares
-    that split's cache. Augmentations
+    that split's cache; with a corpus, every split is a view of the corpus's cache. Augmentations
     of the raw training data are applied once, when caching. With "disk" storage the caches are computed
     in ``prepare_data`` (once per node under DDP) and opened in ``setup``.
 
@@ -122,6 +126,7 @@ class CachedHiddenStatesDataModule(ZooDataModule):
         progress: bool = True,
         splits: Sequence[str] = ("train", "val", "test"),
         dataset_id: str | None = None,
+        share_corpus: bool = True,
         **loader: Any,
     ) -> None:
         if storage not in ("memory", "disk"):
@@ -146,6 +151,10 @@ class CachedHiddenStatesDataModule(ZooDataModule):
         self.progress = progress
         self.splits = tuple(splits)
         self.dataset_id = dataset_id
+        if not isinstance(share_corpus, bool):
+            raise ValueError(f"share_corpus: expected True or False, got {share_corpus!r}")
+        self.share_corpus = share_corpus
+        self._corpus: tuple[HiddenStatesDataset, dict[Any, int]] | None = None  # cache, row of each id
         self._backbone: FrozenBackbone | None = None
         self._by_fingerprint: dict[tuple, HiddenStatesDataset] = {}
 
@@ -223,16 +232,67 @@ class CachedHiddenStatesDataModule(ZooDataModule):
                 f"{split} split of {type(self.datamodule).__name__} is empty: nothing to cache "
                 "(e.g. max_per_class too small for val_fraction)"
             )
+        corpus = self._corpus_cache()
+        if corpus is not None:
+            return self._corpus_view(split, dataset, *corpus)
         fingerprint = ids_fingerprint(dataset)
         if fingerprint is not None and fingerprint in self._by_fingerprint:
             return self._by_fingerprint[fingerprint]  # same samples as an already cached split
-        cached = self._compute_split(split, dataset, loader)
+        cached = self._compute(dataset_identity(self.datamodule, split, dataset), dataset, loader)
         if fingerprint is not None:
             self._by_fingerprint[fingerprint] = cached
         return cached
 
-    def _compute_split(self, split: str, dataset: Any, loader: DataLoader | None) -> HiddenStatesDataset:
-        identity = dataset_identity(self.datamodule, split, dataset)
+    def _corpus_cache(self) -> tuple[HiddenStatesDataset, dict[Any, int]] | None:
+        """(the cache of the raw DataModule's corpus, the row of each of its ids), computed once; None when
+        ``share_corpus`` is off or the raw DataModule has no corpus."""
+        corpus_of = getattr(self.datamodule, "corpus", None)
+        if self._corpus is None and self.share_corpus and callable(corpus_of):
+            corpus = corpus_of()
+            if corpus is None:
+                return None
+            name = f"{type(self.datamodule).__name__}.corpus()"
+            ids = getattr(corpus, "ids", None)
+            if not isinstance(ids, (list, tuple)) or len(ids) == 0:
+                raise ValueError(f"{name}: expected a non-empty dataset with a list of ids, got ids {ids!r}")
+            rows = {sample_id: row for row, sample_id in enumerate(ids)}
+            if len(rows) != len(ids):
+                raise ValueError(f"{name}: expected each id once, got {len(ids) - len(rows)} repeated")
+            leave_out = getattr(self.datamodule, "SPLIT_ARGS", ())
+            identity = dataset_identity(self.datamodule, "corpus", corpus, leave_out)
+            self._corpus = (self._compute(identity, corpus, None), rows)
+        return self._corpus
+
+    def _corpus_view(
+        self, split: str, dataset: Any, corpus: HiddenStatesDataset, rows: dict[Any, int]
+    ) -> HiddenStatesDataset:
+        """The split as a view of the corpus's cache, item k = the split's example k (its ``index`` k)."""
+        owner = type(self.datamodule).__name__
+        ids = getattr(dataset, "ids", None)
+        if not isinstance(ids, (list, tuple)) or len(ids) != len(dataset):
+            raise ValueError(
+                f"{owner}: its {split} dataset has no ids (one per example); with a corpus() every split's "
+                "dataset names its examples by the corpus's ids"
+            )
+        missing = [sample_id for sample_id in ids if sample_id not in rows]
+        if missing:
+            raise ValueError(
+                f"{owner}: {len(missing)} examples of the {split} split are not in its corpus(), e.g. {missing[0]!r}"
+            )
+        view = corpus.view([rows[sample_id] for sample_id in ids])
+        labels = getattr(dataset, "labels", None)
+        if (
+            labels is not None
+            and view.labels is not None
+            and view.labels.tolist() != [int(y) for y in labels]
+        ):
+            raise ValueError(
+                f"{owner}: the {split} split's labels differ from its corpus()'s for the same ids"
+            )
+        return view
+
+    def _compute(self, identity: str, dataset: Any, loader: DataLoader | None) -> HiddenStatesDataset:
+        """The cache of ``dataset`` (opened when a disk cache of the same identity exists, else computed)."""
         if self.dataset_id:
             identity += "|" + self.dataset_id
         if self.storage == "disk":
@@ -278,7 +338,8 @@ class CachedHiddenStatesDataModule(ZooDataModule):
 
     # -- the base's hooks (its loaders do the rest) -------------------------------------------------------
     def split_source(self, split: str) -> str:
-        """Every split is cached on its own (a raw split with the same ``ids`` shares the cache)."""
+        """Every split is served on its own (a view of the corpus's cache, or its own cache; a raw split with the
+        same ``ids`` as a cached one shares its cache)."""
         return split
 
     def _build_split(self, split: str) -> Dataset:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -73,6 +74,8 @@ class HiddenStatesDataset(Dataset):
         self.offsets = offsets.long()
         self.indices = indices.long()
         self.labels = labels.long() if labels is not None else None
+        self._stored_labels = self.labels  # per stored sample (a view's labels are its rows' labels)
+        self._rows: torch.Tensor | None = None  # a view's stored samples (see view); None = all, in order
         self.padding_mask = padding_mask
         self.pad_hidden = pad_hidden
         n = len(self.offsets) - 1
@@ -116,13 +119,39 @@ class HiddenStatesDataset(Dataset):
         return state
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.offsets) - 1 if self._rows is None else len(self._rows)
+
+    def view(
+        self, rows: Sequence[int] | torch.Tensor, indices: torch.Tensor | None = None
+    ) -> HiddenStatesDataset:
+        """Some of the cached samples as a dataset of their own, sharing the stored hidden states (nothing is
+        copied): item k is sample ``rows[k]`` of this one, with ``index`` ``indices[k]`` (default k).
+
+        Example:
+            >>> cache = HiddenStatesDataset(torch.zeros(6, 2, 3), torch.tensor([0, 1, 3, 6]), torch.arange(3))
+            >>> part = cache.view([2, 0])
+            >>> len(part), part[0]["hidden"].shape, int(part[0]["index"])
+            (2, torch.Size([3, 2, 3]), 0)
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        n = len(self)
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n):
+            raise IndexError(f"rows: expected sample numbers in [0, {n}), got {rows.min()}..{rows.max()}")
+        indices = torch.arange(len(rows)) if indices is None else torch.as_tensor(indices).long().reshape(-1)
+        if len(indices) != len(rows):
+            raise ValueError(f"indices: expected one per row ({len(rows)}), got {len(indices)}")
+        stored = rows if self._rows is None else self._rows[rows]  # rows of the stored samples
+        part = copy.copy(self)  # shares the hidden states (tensor or memmap path) and the flat padding mask
+        part._rows, part.indices = stored, indices
+        part.labels = None if self._stored_labels is None else self._stored_labels[stored]
+        return part
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} cached samples")
         i = i % len(self)
-        start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
+        row = i if self._rows is None else int(self._rows[i])  # the stored sample
+        start, stop = int(self.offsets[row]), int(self.offsets[row + 1])
         flat = self._flat_hidden()
         hidden = (
             flat[start:stop]
