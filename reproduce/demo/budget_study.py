@@ -1,12 +1,12 @@
 """The demo's budget study: train routing heads on the demo's cached BBC News hidden states, score validation only.
 
 How the recipe of ``configs/experiments/bbc_minilm_demo.yaml`` (epochs, batch, positions per training step) was
-chosen (README, "make demo"). A plain PyTorch loop over the demo's hidden-state cache, with the demo's head
+chosen (every run and its rule: README.md beside this script). A plain PyTorch loop over the demo's hidden-state cache, with the demo's head
 (RoutingHead over all 7 hidden states) and optimizer (RAdam, one-cycle, pct_start 0.3), and its own copies of
 hidden-state mixup (Beta(0.65, 0.65) per example, partner i + 1) and of the random position subsets per training
 step. Positions are drawn either as the task draws them (``--draw unpadded``:
 ``heinsen_zoo.tasks.positions.sample_positions``, unpadded positions first) or as they were drawn when the
-256-token rows of the README were measured (``--draw all``, the default, so that those rows reproduce: among all
+256-token rows of README.md were measured (``--draw all``, the default, so that those rows reproduce: among all
 positions, padded ones included). It reads the **train and validation splits only**: the test split is never
 loaded. Its random streams differ from the Lightning run's (``make demo``), so the same recipe lands on a
 different head; the study compares recipes. The splits are held densely padded in memory: 2 chunks of 512
@@ -66,7 +66,9 @@ def load_train_val(
     from heinsen_zoo.demo.run import _overrides, _parse
 
     argv = ["--out", str(out), "--max-length", str(max_length), "--max-chunks", str(max_chunks), "--no-progress"]  # fmt: skip
-    only_train_val = ["--data.init_args.splits", '["train", "val"]']  # the test split is not even cached
+    # only train and validation are served (the cache holds the corpus's hidden states; the test split's
+    # articles and labels are never loaded from it)
+    only_train_val = ["--data.init_args.splits", '["train", "val"]']
     cli = build_experiment("bbc_minilm_demo", _overrides(_parse(argv)) + only_train_val, logger="csv")
     dm = cli.datamodule
     dm.prepare_data()
