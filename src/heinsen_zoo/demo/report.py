@@ -91,9 +91,8 @@ def splits_table(results: Mapping[int, Sequence[Row]]) -> str:
         results: split seed -> rows, the same models in the same order on every split.
     """
     models = _models(results)
-    test = (
-        np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
-    )  # [n_splits, n_models]
+    # test accuracy in %, [n_splits, n_models]
+    test = np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
     lines = ["| split seed | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for seed, rows in results.items():
         cells = [f"{100 * row.test_acc:.2f}% ({100 * row.val_acc:.2f}%)" for row in rows]

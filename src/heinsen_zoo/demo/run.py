@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import yaml
 
+from .report import Row
+
 # The recipe of configs/experiments/bbc_minilm_demo.yaml (batch 16 is there too), chosen on validation of the split
 # of the 2,225 files before exact duplicates were dropped (train 1447 / validation 334, seed 0; one-cycle over the
 # whole run; test never loaded) with reproduce/demo/budget_study.py: every run and its rule in STUDIES.
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_user_error(err, _USER_ERRORS_HINT)
 
 
-def _run_splits(args: argparse.Namespace) -> dict[int, list]:
+def _run_splits(args: argparse.Namespace) -> dict[int, list[Row]]:
     """The demo on each of ``args.split_seeds`` (one shared hidden-state cache), then the table over splits."""
     from .report import splits_table, write_splits_csv
 
@@ -260,7 +262,7 @@ def _run_splits(args: argparse.Namespace) -> dict[int, list]:
     return results
 
 
-def _run(args: argparse.Namespace) -> list:
+def _run(args: argparse.Namespace) -> list[Row]:
     """The demo on one split: prints its table and the rest; returns its rows (baseline names without C)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -270,7 +272,7 @@ def _run(args: argparse.Namespace) -> list:
     from heinsen_zoo.curves import plot_learning_curves
 
     from .baselines import fit_baselines
-    from .report import Row, confusion_matrix, plot_confusion_matrix, results_table, write_errors_csv
+    from .report import confusion_matrix, plot_confusion_matrix, results_table, write_errors_csv
 
     out = args.out
     print(
