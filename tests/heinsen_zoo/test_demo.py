@@ -139,6 +139,7 @@ def test_demo_over_several_splits_computes_the_hidden_states_once(tmp_path, caps
     assert "(stratified, seed 2;" in printed and "(stratified, seed 1;" in printed
     for seed in (2, 1):
         assert (out / f"split-seed-{seed}" / "confusion_test.png").read_bytes()[:8] == PNG
+    assert (out / "splits.png").read_bytes()[:8] == PNG and f"picture: {out / 'splits.png'}" in printed
     rows = list(csv.DictReader((out / "splits.csv").open()))
     assert [(r["split_seed"], r["model"][:24]) for r in rows] == [
         (seed, name) for seed in ("2", "1")
@@ -155,6 +156,21 @@ def test_demo_over_several_splits_computes_the_hidden_states_once(tmp_path, caps
     leads = ", ".join(f"{100 * (h - b):+.2f}" for h, b in zip(head_test, last, strict=True))
     assert table[5].startswith("| logistic regression, mean-pooled last layer | ") and f"| {leads} |" in table[5]
     assert table[6].startswith("| logistic regression, mean-pooled all 7 layers") and table[6].endswith(" of 2 |")
+
+
+def test_splits_csv_round_trip_and_picture(tmp_path):
+    from heinsen_zoo.demo.report import plot_splits, read_splits_csv, write_splits_csv
+
+    results = {3: [Row("head, all", 0.9, 0.95, 12.5), Row("lr", 0.8, 0.9, 1.0)],
+               0: [Row("head, all", 0.7, 0.75, 11.0), Row("lr", 0.6, 0.8, 2.0)]}  # fmt: skip
+    path = write_splits_csv(tmp_path / "splits.csv", results)
+    assert read_splits_csv(path) == results
+    assert plot_splits(results, tmp_path / "s.png", title="t").read_bytes()[:8] == PNG
+    (tmp_path / "bad.csv").write_text("split_seed,model,validation_accuracy,test_accuracy,train_seconds\nx,a,1,1,1\n")
+    with pytest.raises(ValueError, match="bad.csv.*unreadable row"):
+        read_splits_csv(tmp_path / "bad.csv")
+    with pytest.raises(FileNotFoundError, match="nothing.csv' does not exist"):
+        read_splits_csv(tmp_path / "nothing.csv")
 
 
 def test_splits_table_needs_the_same_models_on_every_split(tmp_path):

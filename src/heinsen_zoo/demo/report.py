@@ -47,6 +47,8 @@ __all__ = [
     "results_table",
     "splits_table",
     "write_splits_csv",
+    "read_splits_csv",
+    "plot_splits",
     "confusion_matrix",
     "plot_confusion_matrix",
     "write_errors_csv",
@@ -134,6 +136,52 @@ def write_splits_csv(out_csv: str | Path, results: Mapping[int, Sequence[Row]]) 
             )
     write_text_atomic(out_csv, text.getvalue())
     return Path(out_csv)
+
+
+def read_splits_csv(path: str | Path) -> dict[int, list[Row]]:
+    """The results a :func:`write_splits_csv` file holds (split seed -> rows), e.g. to redraw :func:`plot_splits`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"splits csv: {str(path)!r} does not exist (written by the demo's --split-seeds)"
+        )
+    results: dict[int, list[Row]] = {}
+    with path.open(newline="") as handle:
+        for line in csv.DictReader(handle):
+            try:
+                row = Row(line["model"], float(line["validation_accuracy"]), float(line["test_accuracy"]),
+                          float(line["train_seconds"]))  # fmt: skip
+                results.setdefault(int(line["split_seed"]), []).append(row)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"splits csv {str(path)!r}: unreadable row {line} ({err})") from err
+    _models(results)
+    return results
+
+
+def plot_splits(results: Mapping[int, Sequence[Row]], out_png: str | Path, title: str = "") -> Path:
+    """Each split's test accuracy per model as a line across the models (paired: the same split's articles), and
+    the mean over splits; written atomically as a PNG."""
+    import textwrap
+
+    from heinsen_zoo.curves import save_png
+    from heinsen_zoo.explain import _plt
+
+    models = _models(results)
+    test = np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    x = np.arange(len(models))
+    for seed, accs in zip(results, test, strict=True):
+        ax.plot(x, accs, marker="o", alpha=0.7, label=f"split seed {seed}")
+    ax.plot(x, test.mean(0), marker="D", color="black", linewidth=2.5, label="mean over splits")
+    ax.set_xticks(x, [textwrap.fill(name, 24) for name in models], fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_png(fig, out_png)
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:

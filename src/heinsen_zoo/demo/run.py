@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_splits(args: argparse.Namespace) -> dict[int, list[Row]]:
     """The demo on each of ``args.split_seeds`` (one shared hidden-state cache), then the table over splits."""
-    from .report import splits_table, write_splits_csv
+    from .report import plot_splits, splits_table, write_splits_csv
 
     t0 = time.perf_counter()
     results = {}
@@ -253,10 +253,15 @@ def _run_splits(args: argparse.Namespace) -> dict[int, list[Row]]:
     print(f"\n==== {len(results)} splits: test accuracy per split (validation in brackets) ====\n")
     print(splits_table(results))
     csv_path = write_splits_csv(args.out / "splits.csv", results)
+    png = plot_splits(
+        results,
+        args.out / "splits.png",
+        title=f"the same recipe on {len(results)} train / validation / test splits of BBC News",
+    )
     print(
         f"\nEach split: its own training, validation (which chose the baselines' C) and held-out test articles; "
         f"the routing head's recipe is the same on every split (chosen on split seed 0's validation, see above), "
-        f"as is its initialisation. Per split and model: {csv_path}. Total wall time: "
+        f"as is its initialisation. Per split and model: {csv_path}; picture: {png}. Total wall time: "
         f"{time.perf_counter() - t0:.0f} s"
     )
     return results
