@@ -151,7 +151,7 @@ def test_demo_over_several_splits_computes_the_hidden_states_once(tmp_path, caps
     assert [line.split(" | ")[0] for line in table[1:4]] == ["| 2", "| 1", "| mean ± s.d."]
     head_test = [float(r["test_accuracy"]) for r in rows if r["model"].startswith("routing")]
     assert f"{50 * sum(head_test):.2f}% ± " in table[3]
-    assert table[4].startswith("| routing head, all 7 hidden states − | mean lead (test) |")
+    assert table[4].startswith("| routing head, all 7 hidden states − | mean lead on test ± s.e. |")
     last = [float(r["test_accuracy"]) for r in rows if "last layer" in r["model"]]
     leads = ", ".join(f"{100 * (h - b):+.2f}" for h, b in zip(head_test, last, strict=True))
     assert table[5].startswith("| logistic regression, mean-pooled last layer | ") and f"| {leads} |" in table[5]

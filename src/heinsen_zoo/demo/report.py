@@ -27,9 +27,9 @@ Example:
     | 1 | 97.00% (99.00%) | 97.00% (98.00%) |
     | mean ± s.d. | 97.50% ± 0.71 | 97.00% ± 0.00 |
     <BLANKLINE>
-    | head − | mean lead (test) | per split | ahead / tied / behind |
+    | head − | mean lead on test ± s.e. | per split | ahead / tied / behind |
     |---|---|---|---|
-    | probe | +0.50 points | +1.00, +0.00 | 1 / 1 / 0 of 2 |
+    | probe | +0.50 ± 0.50 points | +1.00, +0.00 | 1 / 1 / 0 of 2 |
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def _models(results: Mapping[int, Sequence[Row]]) -> list[str]:
 
 def splits_table(results: Mapping[int, Sequence[Row]]) -> str:
     """Markdown: each split's test accuracy per model (validation in brackets), the mean ± standard deviation over
-    splits, then the first model's lead over each other one (mean, per split, and on how many splits it is
-    ahead, tied or behind).
+    splits, then the first model's lead over each other one (mean with its standard error over splits, per split,
+    and on how many splits it is ahead, tied or behind).
 
     Args:
         results: split seed -> rows, the same models in the same order on every split.
@@ -106,7 +106,7 @@ def splits_table(results: Mapping[int, Sequence[Row]]) -> str:
     ]
     lines += ["| mean ± s.d. | " + " | ".join(cells) + " |", ""]
     lines += [
-        f"| {models[0]} − | mean lead (test) | per split | ahead / tied / behind |",
+        f"| {models[0]} − | mean lead on test ± s.e. | per split | ahead / tied / behind |",
         "|---|---|---|---|",
     ]
     for j, name in enumerate(models[1:], start=1):
@@ -114,10 +114,17 @@ def splits_table(results: Mapping[int, Sequence[Row]]) -> str:
         ahead, behind = int((lead > 0).sum()), int((lead < 0).sum())
         per_split = ", ".join(f"{d:+.2f}" for d in lead)
         lines.append(
-            f"| {name} | {lead.mean():+.2f} points | {per_split} | "
+            f"| {name} | {lead.mean():+.2f}{_standard_error(lead)} points | {per_split} | "
             f"{ahead} / {len(lead) - ahead - behind} / {behind} of {len(lead)} |"
         )
     return "\n".join(lines)
+
+
+def _standard_error(values: np.ndarray) -> str:
+    """`` ± s.e.`` of the mean of ``values`` (sample standard deviation / sqrt(n)); empty for one value."""
+    if len(values) < 2:
+        return ""
+    return f" ± {values.std(ddof=1) / np.sqrt(len(values)):.2f}"
 
 
 def write_splits_csv(out_csv: str | Path, results: Mapping[int, Sequence[Row]]) -> Path:
