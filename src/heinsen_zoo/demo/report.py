@@ -176,7 +176,7 @@ def plot_splits(results: Mapping[int, Sequence[Row]], out_png: str | Path, title
     models = _models(results)
     test = np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
     x = np.arange(len(models))
     for seed, accs in zip(results, test, strict=True):
         ax.plot(x, accs, marker="o", alpha=0.7, label=f"split seed {seed}")
@@ -184,7 +184,7 @@ def plot_splits(results: Mapping[int, Sequence[Row]], out_png: str | Path, title
     ax.set_xticks(x, [textwrap.fill(name, 24) for name in models], fontsize=7)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the plot, hiding no point
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
