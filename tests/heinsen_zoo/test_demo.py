@@ -111,6 +111,7 @@ def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys, monkeypatch):
     assert "(stratified, seed 1; each distinct article once" in printed
     assert "token budget (2 x 8) and positions routed per article in a training step (4;" in printed
     assert "(2 x 8 tokens, backbone float32)" in printed
+    assert "one split says little (one test article = 20.00%): --split-seeds 0,1,2,3,4,5,6,7,8,9 repeats" in printed
     for name in ("learning_curve.png", "confusion_test.png", "credit_val_article.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     assert (out / "export" / "model.safetensors").is_file()
@@ -137,6 +138,7 @@ def test_demo_over_several_splits_computes_the_hidden_states_once(tmp_path, caps
     # corpus of its own; without it every seed shares one: test_features_corpus.py, test_data_bbc.py)
     assert len(list((out / "cache").iterdir())) == 2
     assert "(stratified, seed 2;" in printed and "(stratified, seed 1;" in printed
+    assert "one split says little" not in printed
     for seed in (2, 1):
         assert (out / f"split-seed-{seed}" / "confusion_test.png").read_bytes()[:8] == PNG
     assert (out / "splits.png").read_bytes()[:8] == PNG and f"picture: {out / 'splits.png'}" in printed

@@ -246,7 +246,9 @@ def _run_splits(args: argparse.Namespace) -> dict[int, list[Row]]:
     results = {}
     for k, seed in enumerate(args.split_seeds):
         print(f"\n==== split seed {seed} ({k + 1} of {len(args.split_seeds)}) ====", flush=True)
-        one = argparse.Namespace(**{**vars(args), "split_seeds": None, "split_seed": seed})
+        one = argparse.Namespace(
+            **{**vars(args), "split_seeds": None, "split_seed": seed, "one_of_splits": True}
+        )
         one.out = args.out / f"split-seed-{seed}"
         one.cache_dir = args.cache_dir or args.out / "cache"
         results[seed] = _run(one)
@@ -374,5 +376,11 @@ def _run(args: argparse.Namespace) -> list[Row]:
         f"top tokens: {', '.join(info['top_tokens'])})"
     )
     print(f"exported head: {out / 'export'}")
+    if not getattr(args, "one_of_splits", False):  # a lone run, not one of --split-seeds
+        print(
+            f"one split says little (one test article = {100 / sizes['test']:.2f}%): "
+            "--split-seeds 0,1,2,3,4,5,6,7,8,9 repeats all this on 10 splits (one hidden-state cache) and compares "
+            "the models split by split"
+        )
     print(f"total wall time: {time.perf_counter() - t0:.0f} s")
     return rows[:1] + [Row(b.name, b.val_acc, b.test_acc, b.seconds) for b in baselines]
