@@ -56,16 +56,17 @@ def load_split(dataset, n_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def load_train_val(
-    out: Path, max_length: int, max_chunks: int
+    out: Path, max_length: int, max_chunks: int, split_seed: int = 0
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The demo's train and validation splits at ``max_chunks`` chunks of ``max_length`` tokens from its cache
-    under ``out`` (computed there if missing)."""
+    """The demo's train and validation splits (of split seed ``split_seed``) at ``max_chunks`` chunks of
+    ``max_length`` tokens from its cache under ``out`` (computed there if missing; one cache serves every seed)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
     from heinsen_zoo.cli import build_experiment
     from heinsen_zoo.demo.run import _overrides, _parse
 
-    argv = ["--out", str(out), "--max-length", str(max_length), "--max-chunks", str(max_chunks), "--no-progress"]  # fmt: skip
+    argv = ["--out", str(out), "--max-length", str(max_length), "--max-chunks", str(max_chunks), "--no-progress",
+            "--split-seed", str(split_seed)]  # fmt: skip
     # only train and validation are served (the cache holds the corpus's hidden states; the test split's
     # articles and labels are never loaded from it)
     only_train_val = ["--data.init_args.splits", '["train", "val"]']
@@ -121,6 +122,13 @@ def main() -> None:
     )
     p.add_argument("--save", type=Path, default=None, help="write every variant's validation log-probs here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="the demo's train / validation split of this seed (0 = the demo's); validation of several splits "
+        "can choose a recipe that does not hang on one",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     a = p.parse_args()
 
@@ -129,7 +137,7 @@ def main() -> None:
     from heinsen_zoo.heads import RoutingHead
     from heinsen_zoo.tasks.positions import sample_positions
 
-    splits = load_train_val(a.out, a.max_length, a.max_chunks)
+    splits = load_train_val(a.out, a.max_length, a.max_chunks, a.split_seed)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
