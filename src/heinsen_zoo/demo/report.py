@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,14 +74,27 @@ def results_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def _models(results: Mapping[int, Sequence[Row]]) -> list[str]:
-    """The model names shared by every split's rows (same order), the first being the one compared."""
+def _models(results: Mapping[int, Sequence[Row]]) -> tuple[list[str], np.ndarray]:
+    """The model names shared by every split's rows (same order; the first is the one compared) and the test
+    accuracies in % ``[n_splits, n_models]``."""
     if not results:
         raise ValueError("results: expected the rows of at least one split, got none")
     names = [[row.name for row in rows] for rows in results.values()]
     if len(names[0]) < 2 or any(other != names[0] for other in names):
         raise ValueError(f"results: expected the same >= 2 models on every split, got {names}")
-    return names[0]
+    return names[0], np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
+
+
+def _write_csv(out_csv: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+    """Write a CSV (header, then rows) atomically; returns its path."""
+    from heinsen_zoo.atomic import write_text_atomic
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(out_csv, text.getvalue())
+    return Path(out_csv)
 
 
 def splits_table(results: Mapping[int, Sequence[Row]]) -> str:
@@ -92,9 +105,7 @@ def splits_table(results: Mapping[int, Sequence[Row]]) -> str:
     Args:
         results: split seed -> rows, the same models in the same order on every split.
     """
-    models = _models(results)
-    # test accuracy in %, [n_splits, n_models]
-    test = np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
+    models, test = _models(results)  # test: [n_splits, n_models] in %
     lines = ["| split seed | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for seed, rows in results.items():
         cells = [f"{100 * row.test_acc:.2f}% ({100 * row.val_acc:.2f}%)" for row in rows]
@@ -130,19 +141,16 @@ def _standard_error(values: np.ndarray) -> str:
 def write_splits_csv(out_csv: str | Path, results: Mapping[int, Sequence[Row]]) -> Path:
     """One CSV row per split and model (split seed, model, validation and test accuracy, train seconds), written
     atomically; returns the path."""
-    from heinsen_zoo.atomic import write_text_atomic
-
     _models(results)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["split_seed", "model", "validation_accuracy", "test_accuracy", "train_seconds"])
-    for seed, rows in results.items():
-        for row in rows:
-            writer.writerow(
-                [seed, row.name, f"{row.val_acc:.6f}", f"{row.test_acc:.6f}", f"{row.seconds:.1f}"]
-            )
-    write_text_atomic(out_csv, text.getvalue())
-    return Path(out_csv)
+    return _write_csv(
+        out_csv,
+        ["split_seed", "model", "validation_accuracy", "test_accuracy", "train_seconds"],
+        (
+            [seed, row.name, f"{row.val_acc:.6f}", f"{row.test_acc:.6f}", f"{row.seconds:.1f}"]
+            for seed, rows in results.items()
+            for row in rows
+        ),
+    )
 
 
 def read_splits_csv(path: str | Path) -> dict[int, list[Row]]:
@@ -173,8 +181,7 @@ def plot_splits(results: Mapping[int, Sequence[Row]], out_png: str | Path, title
     from heinsen_zoo.curves import save_png
     from heinsen_zoo.explain import _plt
 
-    models = _models(results)
-    test = np.array([[row.test_acc for row in rows] for rows in results.values()]) * 100
+    models, test = _models(results)  # test: [n_splits, n_models] in %
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     x = np.arange(len(models))
@@ -258,8 +265,6 @@ def write_errors_csv(
     Returns:
         For every other model, how many of the first model's errors it gets wrong too.
     """
-    from heinsen_zoo.atomic import write_text_atomic
-
     true = np.asarray(true)
     for name, pred in preds.items():
         if np.shape(pred) != true.shape or len(titles) != len(true):
@@ -269,10 +274,9 @@ def write_errors_csv(
             )
     first, *others = preds
     wrong = np.flatnonzero(np.asarray(preds[first]) != true)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["article", "true topic", *preds])
-    for i in wrong:
-        writer.writerow([titles[i], labels[true[i]], *(labels[pred[i]] for pred in preds.values())])
-    write_text_atomic(out_csv, text.getvalue())
+    _write_csv(
+        out_csv,
+        ["article", "true topic", *preds],
+        ([titles[i], labels[true[i]], *(labels[pred[i]] for pred in preds.values())] for i in wrong),
+    )
     return {name: int((np.asarray(preds[name])[wrong] != true[wrong]).sum()) for name in others}

@@ -115,6 +115,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')}: expected a positive int, got {value}")
     if args.split_seed is not None and args.split_seeds is not None:
         p.error("--split-seed and --split-seeds: expected one of them, got both")
+    if args.cache_dir is None:
+        args.cache_dir = args.out / "cache"  # one cache for the run (every split of --split-seeds too)
     return args
 
 
@@ -161,7 +163,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         *_backbone_override(args),
     ]
     if args.storage == "disk":
-        overrides += ["--data.init_args.cache_dir", str(args.cache_dir or out / "cache")]
+        overrides += ["--data.init_args.cache_dir", str(args.cache_dir)]
     if args.no_progress:
         overrides += ["--trainer.enable_progress_bar", "false", "--data.init_args.progress", "false"]
     if args.max_epochs is not None:
@@ -246,12 +248,9 @@ def _run_splits(args: argparse.Namespace) -> dict[int, list[Row]]:
     results = {}
     for k, seed in enumerate(args.split_seeds):
         print(f"\n==== split seed {seed} ({k + 1} of {len(args.split_seeds)}) ====", flush=True)
-        one = argparse.Namespace(
-            **{**vars(args), "split_seeds": None, "split_seed": seed, "one_of_splits": True}
-        )
-        one.out = args.out / f"split-seed-{seed}"
-        one.cache_dir = args.cache_dir or args.out / "cache"
-        results[seed] = _run(one)
+        one = argparse.Namespace(**{**vars(args), "split_seeds": None, "split_seed": seed})
+        one.out = args.out / f"split-seed-{seed}"  # its own outputs; the cache stays args.cache_dir
+        results[seed] = _run(one, lone=False)
     print(f"\n==== {len(results)} splits: test accuracy per split (validation in brackets) ====\n")
     print(splits_table(results))
     csv_path = write_splits_csv(args.out / "splits.csv", results)
@@ -269,8 +268,9 @@ def _run_splits(args: argparse.Namespace) -> dict[int, list[Row]]:
     return results
 
 
-def _run(args: argparse.Namespace) -> list[Row]:
-    """The demo on one split: prints its table and the rest; returns its rows (baseline names without C)."""
+def _run(args: argparse.Namespace, lone: bool = True) -> list[Row]:
+    """The demo on one split: prints its table and the rest; returns its rows (baseline names without C).
+    ``lone``: not one of ``--split-seeds`` (then it ends by pointing to them)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
@@ -376,7 +376,7 @@ def _run(args: argparse.Namespace) -> list[Row]:
         f"top tokens: {', '.join(info['top_tokens'])})"
     )
     print(f"exported head: {out / 'export'}")
-    if not getattr(args, "one_of_splits", False):  # a lone run, not one of --split-seeds
+    if lone:
         print(
             f"one split says little (one test article = {100 / sizes['test']:.2f}%): "
             "--split-seeds 0,1,2,3,4,5,6,7,8,9 repeats all this on 10 splits (one hidden-state cache) and compares "
