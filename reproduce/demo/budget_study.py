@@ -18,7 +18,11 @@ Usage (the cache is computed under ``--out`` on first use; ~7-9 min per run on 1
         --train-positions 128 --draw unpadded --threads 1 --seed 0       # the demo's recipe
     .venv/bin/python reproduce/demo/budget_study.py --batch-size 16 --train-positions 128 --threads 1  # 256 tokens
 
-Prints the validation accuracy after every epoch and a final ``RESULT {json}`` line. With ``--ema``,
+Before training it fits the demo's two baselines on the same split (logistic regression on mean-pooled
+hidden states, C chosen on validation: ``heinsen_zoo.demo.baselines.fit_baselines(score_test=False)``) and
+prints their validation accuracy, so every study compares the head with what a user would pick instead, in the
+same run (``--no-probes`` skips them; ~1 min). Prints the validation accuracy after every epoch and a final
+``RESULT {json}`` line (the probes' under ``probes``). With ``--ema``,
 ``--swa-from`` or ``--tta-repeats`` the same trained head is also scored as an EMA of its weights, as the
 average of its epoch-end weights, or routing each article in random subsets of positions (RESULT's
 ``variants``: accuracy, errors and loss of each, a paired comparison); ``--save`` writes every variant's
@@ -56,10 +60,11 @@ def load_split(dataset, n_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def load_train_val(
-    out: Path, max_length: int, max_chunks: int, split_seed: int = 0
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    out: Path, max_length: int, max_chunks: int, split_seed: int = 0, probes: bool = True
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dict[str, dict[str, float]]]:
     """The demo's train and validation splits (of split seed ``split_seed``) at ``max_chunks`` chunks of
-    ``max_length`` tokens from its cache under ``out`` (computed there if missing; one cache serves every seed)."""
+    ``max_length`` tokens from its cache under ``out`` (computed there if missing; one cache serves every seed),
+    and, with ``probes``, the demo's baselines on them: ``{name: {"val_acc": %, "errors": n, "C": C}}``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
     from heinsen_zoo.cli import build_experiment
@@ -74,7 +79,16 @@ def load_train_val(
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")  # train + validation only
-    return {split: load_split(dm.cached[split], max_length * max_chunks) for split in ("train", "val")}
+    scores = {}
+    if probes:
+        from heinsen_zoo.demo.baselines import fit_baselines
+
+        n_val = len(dm.cached["val"])
+        for row in fit_baselines(dm.cached, score_test=False):
+            scores[row.name] = {"val_acc": round(100 * row.val_acc, 2), "errors": round(n_val * (1 - row.val_acc)), "C": row.c}  # fmt: skip
+    return {
+        split: load_split(dm.cached[split], max_length * max_chunks) for split in ("train", "val")
+    }, scores
 
 
 def main() -> None:
@@ -130,6 +144,9 @@ def main() -> None:
         "can choose a recipe that does not hang on one",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument(
+        "--no-probes", dest="probes", action="store_false", help="skip the baselines' validation scores"
+    )
     a = p.parse_args()
 
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -137,7 +154,12 @@ def main() -> None:
     from heinsen_zoo.heads import RoutingHead
     from heinsen_zoo.tasks.positions import sample_positions
 
-    splits = load_train_val(a.out, a.max_length, a.max_chunks, a.split_seed)
+    splits, probes = load_train_val(a.out, a.max_length, a.max_chunks, a.split_seed, a.probes)
+    for name, score_ in probes.items():
+        print(
+            f"probe {name} (C={score_['C']:g}) val_acc {score_['val_acc']:.2f} errors {score_['errors']}",
+            flush=True,
+        )
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -259,8 +281,10 @@ def main() -> None:
         scores[name] = {"val_acc": round(100 * acc, 2), "errors": int((lp.argmax(-1) != yva).sum()), "val_loss": round(loss, 4)}  # fmt: skip
     if a.save is not None:
         torch.save({"labels": yva, "variants": variants, "per_epoch": torch.stack(per_epoch)}, a.save)
-    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k != "out"}
-    print("RESULT", json.dumps({**recipe, "val_acc": history, "variants": scores, "wall_s": round(time.perf_counter() - t0)}))  # fmt: skip
+    recipe = {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k not in ("out", "probes")
+    }
+    print("RESULT", json.dumps({**recipe, "val_acc": history, "variants": scores, "probes": probes, "wall_s": round(time.perf_counter() - t0)}))  # fmt: skip
 
 
 if __name__ == "__main__":

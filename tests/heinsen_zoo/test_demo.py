@@ -57,8 +57,29 @@ def test_baselines_choose_c_on_validation_and_score_test_once():
         assert row.val_by_c[row.c] == max(row.val_by_c.values()) == row.val_acc
         assert row.test_acc == float((row.test_pred == splits["test"].labels.numpy()).mean())
         assert row.test_acc > 0.9 and row.seconds > 0
-    with pytest.raises(KeyError, match="train, val and test"):
+    with pytest.raises(KeyError, match=r"train, val, test; missing \['test'\]"):
         fit_baselines({"train": splits["train"], "val": splits["val"]})
+
+
+class _Unreadable:
+    """A split that fails if read: proves that validation-only baselines never touch the test split."""
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        raise AssertionError("the test split was read")
+
+
+def test_baselines_on_validation_only_never_read_test():
+    splits = {"train": _cached(40, 0, True), "val": _cached(20, 1, True), "test": _cached(20, 2, True)}
+    full = fit_baselines(splits, c_grid=(1e-4, 1.0))
+    val_only = fit_baselines({**splits, "test": _Unreadable()}, c_grid=(1e-4, 1.0), score_test=False)
+    for row, ref in zip(val_only, full, strict=True):
+        assert (row.name, row.c, row.val_acc, row.val_by_c) == (ref.name, ref.c, ref.val_acc, ref.val_by_c)
+        assert row.test_acc is None and row.test_pred is None
+    with pytest.raises(KeyError, match=r"missing \['val'\]"):
+        fit_baselines({"train": splits["train"]}, score_test=False)
 
 
 def test_table_and_confusion_matrix(tmp_path):

@@ -35,14 +35,17 @@ C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 @dataclass
 class BaselineResult:
-    """One baseline row: its name, the chosen C, accuracies and the seconds spent (pooling + search + fit)."""
+    """One baseline row: its name, the chosen C, accuracies and the seconds spent (pooling + search + fit).
+
+    ``test_acc`` and ``test_pred`` are None when the test split was not scored (``score_test=False``).
+    """
 
     name: str
     c: float
     val_acc: float
-    test_acc: float
+    test_acc: float | None
     seconds: float
-    test_pred: np.ndarray
+    test_pred: np.ndarray | None
     val_by_c: dict[float, float]
 
 
@@ -86,25 +89,34 @@ def _select_and_fit(
         if best is None or val_by_c[c] > val_by_c[best[0]]:  # ties keep the smaller C
             best = (c, clf)
     c, clf = best
-    pred = clf.predict(xs["test"])
+    pred = clf.predict(xs["test"]) if "test" in xs else None
     return BaselineResult(
         name,
         c,
         val_by_c[c],
-        float((pred == y["test"]).mean()),
+        None if pred is None else float((pred == y["test"]).mean()),
         seconds + time.perf_counter() - start,
         pred,
         val_by_c,
     )
 
 
-def fit_baselines(cached: Mapping[str, object], c_grid: Sequence[float] = C_GRID) -> list[BaselineResult]:
-    """Both baselines on the cached ``train``/``val``/``test`` splits (C chosen on ``val``)."""
-    for split in ("train", "val", "test"):
-        if split not in cached:
-            raise KeyError(f"cached: expected splits train, val and test, got {sorted(cached)}")
+def fit_baselines(
+    cached: Mapping[str, object], c_grid: Sequence[float] = C_GRID, *, score_test: bool = True
+) -> list[BaselineResult]:
+    """Both baselines on the cached ``train``/``val``/``test`` splits (C chosen on ``val``).
+
+    With ``score_test=False`` only ``train`` and ``val`` are read (any ``test`` in ``cached`` is ignored) and
+    the rows' test fields are None.
+    """
+    splits = ("train", "val", "test") if score_test else ("train", "val")
+    missing = [split for split in splits if split not in cached]
+    if missing:
+        raise KeyError(
+            f"cached: expected splits {', '.join(splits)}; missing {missing}, got {sorted(cached)}"
+        )
     start = time.perf_counter()
-    pooled = {split: mean_pooled_features(cached[split]) for split in ("train", "val", "test")}
+    pooled = {split: mean_pooled_features(cached[split]) for split in splits}
     pool_seconds = time.perf_counter() - start  # shared by both rows
     y = {split: labels.numpy() for split, (_, labels) in pooled.items()}
     last = {split: feats[:, -1].numpy() for split, (feats, _) in pooled.items()}
