@@ -59,12 +59,37 @@ def load_split(dataset, n_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return hidden, mask, labels
 
 
+def stratified_rows(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted rows of a stratified random ``fraction`` of a split: ``round(fraction · n)`` of each label's n rows
+    (at least one).
+
+    Example:
+        >>> rows = stratified_rows(torch.tensor([0, 0, 0, 0, 1, 1]), 0.5, seed=0)
+        >>> len(rows), torch.tensor([0, 0, 0, 0, 1, 1])[rows].bincount().tolist()
+        (3, [2, 1])
+    """
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for label in labels.unique():
+        rows = (labels == label).nonzero().squeeze(-1)
+        picked.append(rows[torch.randperm(len(rows), generator=g)[: max(1, round(fraction * len(rows)))]])
+    return torch.cat(picked).sort().values
+
+
 def load_train_val(
-    out: Path, max_length: int, max_chunks: int, split_seed: int = 0, probes: bool = True
+    out: Path,
+    max_length: int,
+    max_chunks: int,
+    split_seed: int = 0,
+    probes: bool = True,
+    train_fraction: float = 1.0,
+    subset_seed: int = 0,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dict[str, dict[str, float]]]:
     """The demo's train and validation splits (of split seed ``split_seed``) at ``max_chunks`` chunks of
     ``max_length`` tokens from its cache under ``out`` (computed there if missing; one cache serves every seed),
-    and, with ``probes``, the demo's baselines on them: ``{name: {"val_acc": %, "errors": n, "C": C}}``."""
+    and, with ``probes``, the demo's baselines on them: ``{name: {"val_acc": %, "errors": n, "C": C}}``. With
+    ``train_fraction`` < 1 the head and the probes both get the same stratified random part of the training
+    split (``stratified_rows``, seeded by ``subset_seed``); validation is always whole."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
     from heinsen_zoo.cli import build_experiment
@@ -79,16 +104,19 @@ def load_train_val(
     dm = cli.datamodule
     dm.prepare_data()
     dm.setup("fit")  # train + validation only
+    cached = {split: dm.cached[split] for split in ("train", "val")}
+    if train_fraction < 1:
+        cached["train"] = cached["train"].view(
+            stratified_rows(cached["train"].labels, train_fraction, subset_seed)
+        )
     scores = {}
     if probes:
         from heinsen_zoo.demo.baselines import fit_baselines
 
-        n_val = len(dm.cached["val"])
-        for row in fit_baselines(dm.cached, score_test=False):
+        n_val = len(cached["val"])
+        for row in fit_baselines(cached, score_test=False):
             scores[row.name] = {"val_acc": round(100 * row.val_acc, 2), "errors": round(n_val * (1 - row.val_acc)), "C": row.c}  # fmt: skip
-    return {
-        split: load_split(dm.cached[split], max_length * max_chunks) for split in ("train", "val")
-    }, scores
+    return {split: load_split(data, max_length * max_chunks) for split, data in cached.items()}, scores
 
 
 def main() -> None:
@@ -145,16 +173,27 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="train the head and the probes on this stratified random fraction of the training split (in (0, 1]; "
+        "subset seed 0): how each fares with fewer labelled articles",
+    )
+    p.add_argument(
         "--no-probes", dest="probes", action="store_false", help="skip the baselines' validation scores"
     )
     a = p.parse_args()
+    if not 0 < a.train_fraction <= 1:
+        p.error(f"--train-fraction: expected a number in (0, 1], got {a.train_fraction}")
 
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from heinsen_zoo.heads import RoutingHead
     from heinsen_zoo.tasks.positions import sample_positions
 
-    splits, probes = load_train_val(a.out, a.max_length, a.max_chunks, a.split_seed, a.probes)
+    splits, probes = load_train_val(
+        a.out, a.max_length, a.max_chunks, a.split_seed, a.probes, a.train_fraction
+    )
     for name, score_ in probes.items():
         print(
             f"probe {name} (C={score_['C']:g}) val_acc {score_['val_acc']:.2f} errors {score_['errors']}",
