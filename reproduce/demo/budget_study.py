@@ -21,7 +21,7 @@ Usage (the cache is computed under ``--out`` on first use; ~7-9 min per run on 1
 Before training it fits the demo's two baselines on the same split (logistic regression on mean-pooled
 hidden states, C chosen on validation: ``heinsen_zoo.demo.baselines.fit_baselines(score_test=False)``) and
 prints their validation accuracy, so every study compares the head with what a user would pick instead, in the
-same run (``--no-probes`` skips them; ~1 min). Prints the validation accuracy after every epoch and a final
+same run (``--no-probes`` skips them; ~15 s). Prints the validation accuracy after every epoch and a final
 ``RESULT {json}`` line (the probes' under ``probes``). With ``--ema``,
 ``--swa-from`` or ``--tta-repeats`` the same trained head is also scored as an EMA of its weights, as the
 average of its epoch-end weights, or routing each article in random subsets of positions (RESULT's
@@ -59,6 +59,9 @@ def load_split(dataset, n_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return hidden, mask, labels
 
 
+SUBSET_SEED = 0  # the draw of --train-fraction's part of the training split (the same for every head seed)
+
+
 def stratified_rows(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     """Sorted rows of a stratified random ``fraction`` of a split: ``round(fraction · n)`` of each label's n rows
     (at least one).
@@ -83,13 +86,12 @@ def load_train_val(
     split_seed: int = 0,
     probes: bool = True,
     train_fraction: float = 1.0,
-    subset_seed: int = 0,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dict[str, dict[str, float]]]:
     """The demo's train and validation splits (of split seed ``split_seed``) at ``max_chunks`` chunks of
     ``max_length`` tokens from its cache under ``out`` (computed there if missing; one cache serves every seed),
     and, with ``probes``, the demo's baselines on them: ``{name: {"val_acc": %, "errors": n, "C": C}}``. With
     ``train_fraction`` < 1 the head and the probes both get the same stratified random part of the training
-    split (``stratified_rows``, seeded by ``subset_seed``); validation is always whole."""
+    split (``stratified_rows``, seeded by ``SUBSET_SEED``); validation is always whole."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
     from heinsen_zoo.cli import build_experiment
@@ -107,7 +109,7 @@ def load_train_val(
     cached = {split: dm.cached[split] for split in ("train", "val")}
     if train_fraction < 1:
         cached["train"] = cached["train"].view(
-            stratified_rows(cached["train"].labels, train_fraction, subset_seed)
+            stratified_rows(cached["train"].labels, train_fraction, SUBSET_SEED)
         )
     scores = {}
     if probes:
@@ -177,7 +179,7 @@ def main() -> None:
         type=float,
         default=1.0,
         help="train the head and the probes on this stratified random fraction of the training split (in (0, 1]; "
-        "subset seed 0): how each fares with fewer labelled articles",
+        "SUBSET_SEED): how each fares with fewer labelled articles",
     )
     p.add_argument(
         "--no-probes", dest="probes", action="store_false", help="skip the baselines' validation scores"
