@@ -141,7 +141,7 @@ def _standard_error(values: np.ndarray) -> str:
 def write_splits_csv(out_csv: str | Path, results: Mapping[int, Sequence[Row]]) -> Path:
     """One CSV row per split and model (split seed, model, validation and test accuracy, train seconds), written
     atomically; returns the path."""
-    _models(results)
+    _models(results)  # only its check: the same models on every split
     return _write_csv(
         out_csv,
         ["split_seed", "model", "validation_accuracy", "test_accuracy", "train_seconds"],
@@ -169,7 +169,7 @@ def read_splits_csv(path: str | Path) -> dict[int, list[Row]]:
                 results.setdefault(int(line["split_seed"]), []).append(row)
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"splits csv {str(path)!r}: unreadable row {line} ({err})") from err
-    _models(results)
+    _models(results)  # only its check: the same models on every split
     return results
 
 
