@@ -122,6 +122,15 @@ def load_train_val(
     return {split: load_split(data, max_length * max_chunks) for split, data in cached.items()}, scores
 
 
+def validated_epochs(epochs: int, every: int) -> list[int]:
+    """The epochs (1-based) after which the head is validated: every ``every``-th and always the last.
+
+    >>> validated_epochs(10, 1) == list(range(1, 11)), validated_epochs(97, 10)[-3:], validated_epochs(5, 10)
+    (True, [80, 90, 97], [5])
+    """
+    return [e for e in range(1, epochs + 1) if e % every == 0 or e == epochs]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="the demo's run folder (its cache)")
@@ -185,9 +194,19 @@ def main() -> None:
     p.add_argument(
         "--no-probes", dest="probes", action="store_false", help="skip the baselines' validation scores"
     )
+    p.add_argument(
+        "--val-every",
+        type=int,
+        default=1,
+        help="validate after every N-th epoch and after the last (long runs of few articles: validation "
+        "would cost more than training)",
+    )
     a = p.parse_args()
     if not 0 < a.train_fraction <= 1:
         p.error(f"--train-fraction: expected a number in (0, 1], got {a.train_fraction}")
+    if a.val_every < 1:
+        p.error(f"--val-every: expected a whole number >= 1, got {a.val_every}")
+    val_epochs = validated_epochs(a.epochs, a.val_every)
 
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -298,14 +317,13 @@ def main() -> None:
             state = {k: v.detach().clone() for k, v in head.state_dict().items()}
             swa_sum = state if swa_sum is None else {k: swa_sum[k] + state[k] for k in state}
             swa_n += 1
-        per_epoch.append(log_probs(head))
-        acc, val_loss = score(log_probs(ema.module) if ema is not None else per_epoch[-1])
-        history.append(round(100 * acc, 2))
-        print(
-            f"epoch {epoch + 1} train_loss {total_loss / steps_per_epoch:.4f} val_loss {val_loss:.4f} "
-            f"val_acc {100 * acc:.2f} epoch_s {time.perf_counter() - t_epoch:.1f}",
-            flush=True,
-        )
+        line = f"epoch {epoch + 1} train_loss {total_loss / steps_per_epoch:.4f}"
+        if epoch + 1 in val_epochs:
+            per_epoch.append(log_probs(head))
+            acc, val_loss = score(log_probs(ema.module) if ema is not None else per_epoch[-1])
+            history.append(round(100 * acc, 2))
+            line += f" val_loss {val_loss:.4f} val_acc {100 * acc:.2f}"
+        print(f"{line} epoch_s {time.perf_counter() - t_epoch:.1f}", flush=True)
     variants = {"final": per_epoch[-1]}
     if ema is not None:
         variants["ema"] = log_probs(ema.module)
@@ -322,11 +340,11 @@ def main() -> None:
         acc, loss = score(lp)
         scores[name] = {"val_acc": round(100 * acc, 2), "errors": int((lp.argmax(-1) != yva).sum()), "val_loss": round(loss, 4)}  # fmt: skip
     if a.save is not None:
-        torch.save({"labels": yva, "variants": variants, "per_epoch": torch.stack(per_epoch)}, a.save)
+        torch.save({"labels": yva, "variants": variants, "per_epoch": torch.stack(per_epoch), "val_epochs": val_epochs}, a.save)  # fmt: skip
     recipe = {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k not in ("out", "probes")
     }
-    print("RESULT", json.dumps({**recipe, "val_acc": history, "variants": scores, "probes": probes, "wall_s": round(time.perf_counter() - t0)}))  # fmt: skip
+    print("RESULT", json.dumps({**recipe, "val_epochs": val_epochs, "val_acc": history, "variants": scores, "probes": probes, "wall_s": round(time.perf_counter() - t0)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -37,3 +37,20 @@ def test_train_fraction_outside_0_1_is_an_error_line():
     assert proc.returncode == 2
     assert "error: --train-fraction: expected a number in (0, 1], got 1.5" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_validated_epochs_every_nth_and_always_the_last():
+    epochs = _study().validated_epochs
+    assert epochs(10, 1) == list(range(1, 11))
+    assert epochs(97, 10) == [10, 20, 30, 40, 50, 60, 70, 80, 90, 97]
+    assert epochs(30, 10) == [10, 20, 30]  # the last once, not twice
+    assert epochs(5, 10) == [5]
+
+
+def test_val_every_below_1_is_an_error_line():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--val-every", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "error: --val-every: expected a whole number >= 1, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
