@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "reproduce" / "demo" / "budget_study.py"
@@ -30,12 +31,17 @@ def test_stratified_rows_keep_each_topics_share():
     assert torch.equal(_study().stratified_rows(labels, 1.0, seed=3), torch.arange(len(labels)))
 
 
-def test_train_fraction_outside_0_1_is_an_error_line():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--train-fraction", "1.5"], capture_output=True, text=True, timeout=120
-    )
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train-fraction", "1.5"], "error: --train-fraction: expected a number in (0, 1], got 1.5"),
+        (["--val-every", "0"], "error: --val-every: expected a whole number >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_are_an_error_line(args, message):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "error: --train-fraction: expected a number in (0, 1], got 1.5" in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -45,12 +51,3 @@ def test_validated_epochs_every_nth_and_always_the_last():
     assert epochs(97, 10) == [10, 20, 30, 40, 50, 60, 70, 80, 90, 97]
     assert epochs(30, 10) == [10, 20, 30]  # the last once, not twice
     assert epochs(5, 10) == [5]
-
-
-def test_val_every_below_1_is_an_error_line():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--val-every", "0"], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2
-    assert "error: --val-every: expected a whole number >= 1, got 0" in proc.stderr
-    assert "Traceback" not in proc.stderr
