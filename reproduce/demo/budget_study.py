@@ -21,8 +21,8 @@ Usage (the cache is computed under ``--out`` on first use; ~7-9 min per run on 1
 Before training it fits the demo's two baselines on the same split (logistic regression on mean-pooled
 hidden states, C chosen on validation: ``heinsen_zoo.demo.baselines.fit_baselines(score_test=False)``) and
 prints their validation accuracy, so every study compares the head with what a user would pick instead, in the
-same run (``--no-probes`` skips them; ~15 s). Prints the validation accuracy after every epoch and a final
-``RESULT {json}`` line (the probes' under ``probes``). With ``--ema``,
+same run (``--no-probes`` skips them; ~15 s). Prints the validation accuracy after every epoch (every N-th
+and the last with ``--val-every N``) and a final ``RESULT {json}`` line (the probes' under ``probes``). With ``--ema``,
 ``--swa-from`` or ``--tta-repeats`` the same trained head is also scored as an EMA of its weights, as the
 average of its epoch-end weights, or routing each article in random subsets of positions (RESULT's
 ``variants``: accuracy, errors and loss of each, a paired comparison); ``--save`` writes every variant's
